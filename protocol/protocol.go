@@ -1,0 +1,293 @@
+// Package protocol defines Parley's client protocol v1: the JSON frames a client
+// sends on /ws and the frames a node sends back, their validation, and their
+// encoding. It is the contract with users (docs/PROTOCOL.md): fields may be
+// added, never renamed or dropped.
+//
+// The package holds no state and starts no goroutines; every function is safe
+// for concurrent use.
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Client frame types (client → node).
+const (
+	TypeJoin     = "join"
+	TypeLeave    = "leave"
+	TypeSend     = "send"
+	TypeHistory  = "history"
+	TypePresence = "presence"
+	TypePing     = "ping"
+)
+
+// Node frame types (node → client). TypeHistory and TypePresence are shared
+// with the client types of the same name.
+const (
+	TypeWelcome      = "welcome"
+	TypeJoined       = "joined"
+	TypeMessage      = "message"
+	TypeAck          = "ack"
+	TypeLeft         = "left"
+	TypeMemberJoined = "member_joined"
+	TypeMemberLeft   = "member_left"
+	TypeError        = "error"
+	TypePong         = "pong"
+	TypeReconnect    = "reconnect"
+)
+
+// Error codes carried by an error frame's code field.
+const (
+	CodeBadRequest  = "bad_request"  // malformed JSON or a field of the wrong type
+	CodeUnknownType = "unknown_type" // a type this node does not know
+	CodeBadRoom     = "bad_room"     // room name not [A-Za-z0-9_.:-]{1,64}
+	CodeNotJoined   = "not_joined"   // send/history/presence/leave on a room not joined
+	CodeBadText     = "bad_text"     // empty text
+	CodeTooMany     = "too_many_rooms"
+	CodeUnavailable = "unavailable" // the bus (Redis) cannot take the message now; nothing was sent
+	CodeInternal    = "internal"
+)
+
+// MaxRoomLen is the longest valid room name.
+const MaxRoomLen = 64
+
+// MaxNameLen is the longest valid user name.
+const MaxNameLen = 32
+
+// ClientFrame is any frame a client sends. Which fields matter depends on Type.
+type ClientFrame struct {
+	Type string `json:"type"`
+	Room string `json:"room,omitempty"`
+	// Since (join) asks for every message with seq > Since from history.
+	Since *uint64 `json:"since,omitempty"`
+	// Epoch (join, with Since) is the room epoch the client's Since belongs to.
+	Epoch string `json:"epoch,omitempty"`
+	Text  string `json:"text,omitempty"`
+	// ID is the client's own id for a frame; echoed in ack and error.
+	ID string `json:"id,omitempty"`
+	// Before (history) asks for messages with seq < Before; 0 or absent means the newest.
+	Before uint64 `json:"before,omitempty"`
+	// Limit (history) caps the number of messages returned.
+	Limit int `json:"limit,omitempty"`
+}
+
+// Error is a protocol error that reaches the client as an error frame.
+type Error struct {
+	Code    string
+	Message string
+	ID      string // the id of the client frame that caused it, if any
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf builds an *Error with a formatted message.
+func Errorf(code, id, format string, args ...any) *Error {
+	return &Error{Code: code, ID: id, Message: fmt.Sprintf(format, args...)}
+}
+
+// Decode parses and validates one client frame. A returned error is always an
+// *Error, ready to send back as an error frame.
+func Decode(data []byte) (ClientFrame, error) {
+	var f ClientFrame
+	if err := json.Unmarshal(data, &f); err != nil {
+		// Try to recover the id so the error can echo it.
+		var probe struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(data, &probe)
+		return f, Errorf(CodeBadRequest, probe.ID, "malformed frame: %v", trimJSONErr(err))
+	}
+	switch f.Type {
+	case TypeJoin, TypeLeave, TypeHistory, TypePresence:
+		if err := CheckRoom(f.Room); err != nil {
+			return f, Errorf(CodeBadRoom, f.ID, "%v", err)
+		}
+	case TypeSend:
+		if err := CheckRoom(f.Room); err != nil {
+			return f, Errorf(CodeBadRoom, f.ID, "%v", err)
+		}
+		if f.Text == "" {
+			return f, Errorf(CodeBadText, f.ID, "text must not be empty")
+		}
+	case TypePing:
+	case "":
+		return f, Errorf(CodeBadRequest, f.ID, "missing type")
+	default:
+		return f, Errorf(CodeUnknownType, f.ID, "unknown type %q", truncate(f.Type, 32))
+	}
+	if f.Limit < 0 {
+		return f, Errorf(CodeBadRequest, f.ID, "limit must not be negative")
+	}
+	return f, nil
+}
+
+func trimJSONErr(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("invalid JSON at offset %d", se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	}
+	return "invalid JSON"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// CheckRoom reports whether room is a valid room name: [A-Za-z0-9_.:-]{1,64}.
+func CheckRoom(room string) error {
+	if room == "" {
+		return errors.New("room name is empty")
+	}
+	if len(room) > MaxRoomLen {
+		return fmt.Errorf("room name longer than %d bytes", MaxRoomLen)
+	}
+	for i := 0; i < len(room); i++ {
+		if !roomByte(room[i]) {
+			return fmt.Errorf("room name may contain only A-Z a-z 0-9 _ . : -")
+		}
+	}
+	return nil
+}
+
+func roomByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+		c == '_' || c == '.' || c == ':' || c == '-'
+}
+
+// CheckName reports whether name is a valid user name: 1 to 32 bytes of
+// printable UTF-8 without control characters or angle brackets.
+func CheckName(name string) error {
+	if name == "" || len(name) > MaxNameLen {
+		return fmt.Errorf("name must be 1 to %d bytes", MaxNameLen)
+	}
+	if !utf8.ValidString(name) {
+		return errors.New("name is not valid UTF-8")
+	}
+	if strings.TrimSpace(name) != name {
+		return errors.New("name must not start or end with spaces")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f || r == '<' || r == '>' || r == '"' || r == '&' {
+			return errors.New("name contains a control character or one of < > \" &")
+		}
+	}
+	return nil
+}
+
+// Message is one chat message as a client sees it (in message and history frames).
+type Message struct {
+	Type  string `json:"type,omitempty"` // "message" in a message frame; empty inside history
+	Room  string `json:"room"`
+	Seq   uint64 `json:"seq"`
+	Epoch string `json:"epoch,omitempty"`
+	From  string `json:"from"`
+	Text  string `json:"text"`
+	ID    string `json:"id,omitempty"`
+	TS    int64  `json:"ts"` // unix milliseconds, set by the publishing node
+}
+
+// Member is one entry of a presence list.
+type Member struct {
+	Name string `json:"name"`
+	Node string `json:"node"`
+}
+
+// Welcome is the first frame on /ws.
+type Welcome struct {
+	Type    string `json:"type"`
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	Name    string `json:"name"`
+}
+
+// Joined confirms a join: from now on every message sequenced after Seq
+// reaches the client. With since, the replayed messages follow it.
+type Joined struct {
+	Type      string `json:"type"`
+	Room      string `json:"room"`
+	Seq       uint64 `json:"seq"`
+	Epoch     string `json:"epoch,omitempty"`
+	Recovered bool   `json:"recovered"`
+}
+
+// Ack tells a sender that its message was sequenced as Seq.
+type Ack struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+	Room string `json:"room"`
+	Seq  uint64 `json:"seq"`
+}
+
+// Left confirms a leave.
+type Left struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+}
+
+// History answers a history request; Messages are in ascending seq order.
+type History struct {
+	Type     string    `json:"type"`
+	Room     string    `json:"room"`
+	Messages []Message `json:"messages"`
+}
+
+// Presence answers a presence request.
+type Presence struct {
+	Type    string   `json:"type"`
+	Room    string   `json:"room"`
+	Members []Member `json:"members"`
+}
+
+// MemberEvent is member_joined or member_left.
+type MemberEvent struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+	Name string `json:"name"`
+	Node string `json:"node,omitempty"`
+}
+
+// ErrorFrame reports a problem with a client frame; the connection stays open.
+type ErrorFrame struct {
+	Type    string `json:"type"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	ID      string `json:"id,omitempty"`
+}
+
+// Pong answers ping.
+type Pong struct {
+	Type string `json:"type"`
+}
+
+// Reconnect is sent before a graceful close: reconnect after AfterMS.
+type Reconnect struct {
+	Type    string `json:"type"`
+	Reason  string `json:"reason"`
+	AfterMS int64  `json:"after_ms"`
+}
+
+// Encode marshals a node frame. The frame types above cannot fail to
+// marshal, so Encode panics on error (a programming error).
+func Encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("protocol: encode %T: %v", v, err))
+	}
+	return b
+}
+
+// EncodeError encodes e as an error frame.
+func EncodeError(e *Error) []byte {
+	return Encode(ErrorFrame{Type: TypeError, Code: e.Code, Message: e.Message, ID: e.ID})
+}
