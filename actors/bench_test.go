@@ -1,0 +1,107 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"parley/relay"
+)
+
+// countTransport counts frames; it keeps nothing.
+type countTransport struct {
+	n   *atomic.Int64
+	got atomic.Int64
+}
+
+func (c *countTransport) Enqueue([]byte) error        { c.got.Add(1); c.n.Add(1); return nil }
+func (c *countTransport) Flush()                      {}
+func (c *countTransport) Close(ws.StatusCode, string) {}
+func (c *countTransport) Kick(ws.StatusCode, string)  {}
+
+func benchEnv(b *testing.B) (*System, *relay.Memory) {
+	mem := relay.NewMemory(relay.MemoryConfig{})
+	sys, err := New(Config{NodeID: "bench", Broker: mem, CheckInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = sys.Shutdown(ctx)
+	})
+	return sys, mem
+}
+
+func waitCount(b *testing.B, n *atomic.Int64, want int64) {
+	deadline := time.Now().Add(time.Minute)
+	for n.Load() < want {
+		if time.Now().After(deadline) {
+			b.Fatalf("timeout: %d of %d frames", n.Load(), want)
+		}
+		runtime.Gosched()
+	}
+}
+
+// BenchmarkFanout: one message to 10,000 members of one room per op.
+func BenchmarkFanout(b *testing.B) {
+	const members = 10000
+	sys, mem := benchEnv(b)
+	var frames atomic.Int64
+	for i := 0; i < members; i++ {
+		s, err := sys.Connect(&countTransport{n: &frames}, ConnInfo{Name: fmt.Sprintf("u%d", i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.HandleMessage(ws.OpText, []byte(`{"type":"join","room":"big"}`))
+	}
+	waitCount(b, &frames, 2*members) // welcome + joined each
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.Mallocs
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		want := frames.Load() + members
+		if _, err := mem.Publish(context.Background(), relay.Message{Room: "big", From: "x", Text: "hello fan-out"}); err != nil {
+			b.Fatal(err)
+		}
+		waitCount(b, &frames, want)
+	}
+	b.StopTimer()
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.Mallocs-before)/float64(b.N*members), "allocs/delivery")
+}
+
+// BenchmarkIdleSessions reports the heap held per idle connection (actor,
+// session, registry entry), spawning 100,000 sessions with a no-op
+// transport. Run: go test -run x -bench IdleSessions -benchtime 1x ./actors/
+func BenchmarkIdleSessions(b *testing.B) {
+	const n = 100000
+	sys, _ := benchEnv(b)
+	var frames atomic.Int64
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	sessions := make([]*Session, 0, n)
+	for i := 0; i < n; i++ {
+		s, err := sys.Connect(&countTransport{n: &frames}, ConnInfo{Name: "user"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sessions = append(sessions, s)
+	}
+	waitCount(b, &frames, n) // every welcome is out: mailboxes are idle
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	per := float64(ms.HeapAlloc-before) / n
+	b.ReportMetric(per, "heap-bytes/session")
+	runtime.KeepAlive(sessions)
+}

@@ -1,0 +1,316 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/gobwas/ws"
+
+	"parley/relay"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxRoomsPerConn = 64
+	DefaultHistoryLimit    = 100
+	DefaultBrokerTimeout   = 5 * time.Second
+	DefaultCheckInterval   = 5 * time.Second
+	DefaultPublishBatch    = 256
+)
+
+// LobbyRoom is the room plain (seed mode) connections join.
+const LobbyRoom = "lobby"
+
+// Config configures the actor system of one node. NodeID and Broker are
+// required; every other zero value means the default.
+type Config struct {
+	NodeID          string        // required
+	Broker          relay.Broker  // required (node passes relay.NewMemory(...) without Redis)
+	Logger          *slog.Logger  // nil: discard
+	MaxRoomsPerConn int           // 0: 64
+	HistoryLimit    int           // max messages in one history reply (0: 100)
+	BrokerTimeout   time.Duration // per broker call (0: 5s)
+	CheckInterval   time.Duration // periodic position check per room (0: 5s)
+	// PublishBatch caps the messages a room hands to the broker in one
+	// batch (0: 256). One batch per room is in flight at a time.
+	PublishBatch int
+}
+
+// ConnInfo describes an upgraded socket.
+type ConnInfo struct {
+	Name   string // display name, already validated by the node ("" : guest-N)
+	Plain  bool   // seed mode (upgrade at /): raw text in the lobby
+	Remote string // peer address, for logs
+}
+
+// Transport is the actor's view of its socket; *netpoll.Conn implements it.
+// Only the connection actor calls it.
+type Transport interface {
+	// Enqueue queues one complete frame; it returns netpoll.ErrQueueFull
+	// for a slow consumer and netpoll.ErrClosed once closed.
+	Enqueue(frame []byte) error
+	// Flush writes everything queued (one writev).
+	Flush()
+	// Close flushes, sends a close frame and closes the socket.
+	Close(code ws.StatusCode, reason string)
+	// Kick drops what is queued and closes at once.
+	Kick(code ws.StatusCode, reason string)
+}
+
+// Stats is the system's view for /debug/stats.
+type Stats struct {
+	Connections int         `json:"connections"`
+	Rooms       int         `json:"rooms"`
+	Broker      relay.Stats `json:"broker"`
+}
+
+// System is one node's actor system: the relay actor, the directory with
+// its room actors, and one connection actor per socket.
+type System struct {
+	cfg       Config
+	log       *slog.Logger
+	as        *actor.ActorSystem
+	root      *actor.RootContext
+	relayPID  *actor.PID
+	dirPID    *actor.PID
+	connProps *actor.Props
+	prefix    string // session id prefix: node id + random per process
+	nextID    atomic.Uint64
+	rooms     atomic.Int64 // written by the directory
+	tasks     sync.WaitGroup
+	closing   atomic.Bool
+
+	mu    sync.Mutex // guards conns
+	conns map[*Session]struct{}
+}
+
+// Session is the node's handle on one connection actor.
+type Session struct {
+	sys  *System
+	pid  *actor.PID
+	id   string
+	done atomic.Bool // set when the actor stops; later posts are dropped
+}
+
+// stopDecider stops a failing actor instead of restarting it.
+func stopDecider(any) actor.Directive { return actor.StopDirective }
+
+// New validates cfg and starts the actor system: the relay actor and the
+// directory.
+func New(cfg Config) (*System, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("actors: NodeID is required")
+	}
+	if cfg.Broker == nil {
+		return nil, errors.New("actors: Broker is required")
+	}
+	if cfg.MaxRoomsPerConn < 0 || cfg.HistoryLimit < 0 || cfg.BrokerTimeout < 0 ||
+		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 {
+		return nil, errors.New("actors: limits must not be negative")
+	}
+	if cfg.MaxRoomsPerConn == 0 {
+		cfg.MaxRoomsPerConn = DefaultMaxRoomsPerConn
+	}
+	if cfg.HistoryLimit == 0 {
+		cfg.HistoryLimit = DefaultHistoryLimit
+	}
+	if cfg.BrokerTimeout == 0 {
+		cfg.BrokerTimeout = DefaultBrokerTimeout
+	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = DefaultCheckInterval
+	}
+	if cfg.PublishBatch == 0 {
+		cfg.PublishBatch = DefaultPublishBatch
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var rnd [3]byte
+	_, _ = rand.Read(rnd[:])
+	s := &System{
+		cfg:    cfg,
+		log:    log,
+		prefix: cfg.NodeID + "." + hex.EncodeToString(rnd[:]) + ".",
+		conns:  make(map[*Session]struct{}),
+	}
+	s.as = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		// protoactor logs routine events (dead letters, system start) at
+		// Info: keep only its warnings and errors.
+		return slog.New(&minLevel{h: log.Handler(), min: slog.LevelWarn}).With("lib", "protoactor")
+	}))
+	s.root = s.as.Root
+	stop := actor.NewOneForOneStrategy(0, 0, stopDecider)
+	s.connProps = actor.PropsFromProducer(func() actor.Actor { return &conn{} },
+		actor.WithMailbox(actor.UnboundedLockfree()),
+		actor.WithGuardian(stop))
+	var err error
+	s.relayPID, err = relay.Spawn(s.root, relay.ActorConfig{
+		Broker: cfg.Broker, Logger: log, Timeout: cfg.BrokerTimeout, Tasks: &s.tasks,
+	})
+	if err != nil {
+		s.as.Shutdown()
+		return nil, fmt.Errorf("actors: %w", err)
+	}
+	dirProps := actor.PropsFromProducer(func() actor.Actor { return newDirectory(s) },
+		actor.WithMailbox(actor.UnboundedLockfree()),
+		actor.WithSupervisor(stop))
+	s.dirPID, err = s.root.SpawnNamed(dirProps, "directory")
+	if err != nil {
+		s.as.Shutdown()
+		return nil, fmt.Errorf("actors: spawn directory: %w", err)
+	}
+	return s, nil
+}
+
+// Connect spawns the connection actor for an upgraded socket. The node calls
+// sess.HandleMessage/HandleClose from netpoll's callbacks.
+func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
+	if t == nil {
+		return nil, errors.New("actors: connect: nil transport")
+	}
+	if s.closing.Load() {
+		return nil, errors.New("actors: connect: system is shutting down")
+	}
+	n := s.nextID.Add(1)
+	sess := &Session{sys: s, id: s.prefix + strconv.FormatUint(n, 36)}
+	name := info.Name
+	if name == "" {
+		name = "guest-" + strconv.FormatUint(n, 36)
+	}
+	sess.pid = s.root.Spawn(s.connProps)
+	s.mu.Lock()
+	s.conns[sess] = struct{}{}
+	s.mu.Unlock()
+	s.root.Send(sess.pid, &connInit{t: t, sess: sess, name: name, plain: info.Plain})
+	return sess, nil
+}
+
+// HandleMessage posts one data frame to the connection actor; it copies
+// payload (the caller may reuse it) and never blocks.
+func (s *Session) HandleMessage(op ws.OpCode, payload []byte) {
+	if s.done.Load() {
+		return
+	}
+	s.sys.root.Send(s.pid, &inbound{op: op, payload: append([]byte(nil), payload...)})
+}
+
+// HandleClose tells the connection actor its socket is gone; the actor
+// stops itself (leaving its rooms).
+func (s *Session) HandleClose(err error) {
+	if s.done.Load() {
+		return
+	}
+	s.sys.root.Send(s.pid, &closed{err: err})
+}
+
+// ID returns the session id, unique cluster-wide.
+func (s *Session) ID() string { return s.id }
+
+func (s *System) sessions() []*Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Session, 0, len(s.conns))
+	for sess := range s.conns {
+		out = append(out, sess)
+	}
+	return out
+}
+
+func (s *System) forget(sess *Session) {
+	s.mu.Lock()
+	delete(s.conns, sess)
+	s.mu.Unlock()
+}
+
+// Drain tells every connection to go: JSON connections get
+// reconnect{reason, after_ms} then Close(1001); plain ones Close(1001).
+// It returns after posting to all.
+func (s *System) Drain(reason string, after time.Duration) {
+	msg := &drain{reason: reason, after: after}
+	for _, sess := range s.sessions() {
+		if !sess.done.Load() {
+			s.root.Send(sess.pid, msg)
+		}
+	}
+}
+
+// Stats returns the current counts.
+func (s *System) Stats() Stats {
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	return Stats{Connections: n, Rooms: int(s.rooms.Load()), Broker: s.cfg.Broker.Stats()}
+}
+
+// Shutdown stops all actors (connections first, then rooms, then the
+// relay) and waits for them and for the broker calls in flight. It does NOT
+// close the broker. Connections still open are closed with 1001.
+func (s *System) Shutdown(ctx context.Context) error {
+	if s.closing.Swap(true) {
+		return errors.New("actors: shutdown called twice")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var futs []*actor.Future
+		for _, sess := range s.sessions() {
+			futs = append(futs, s.root.StopFuture(sess.pid))
+		}
+		for _, f := range futs {
+			_ = f.Wait()
+		}
+		_ = s.root.StopFuture(s.dirPID).Wait()
+		_ = s.root.PoisonFuture(s.relayPID).Wait()
+		s.tasks.Wait()
+	}()
+	select {
+	case <-done:
+		s.as.Shutdown()
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("actors: shutdown: %w", ctx.Err())
+	}
+}
+
+// goTask runs f on a transient goroutine counted for Shutdown.
+func (s *System) goTask(f func()) {
+	s.tasks.Add(1)
+	go func() {
+		defer s.tasks.Done()
+		f()
+	}()
+}
+
+// brokerCtx bounds one broker call.
+func (s *System) brokerCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.cfg.BrokerTimeout)
+}
+
+// minLevel is a slog.Handler that drops records below min.
+type minLevel struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m *minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+func (m *minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+func (m *minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return &minLevel{h: m.h.WithAttrs(a), min: m.min}
+}
+func (m *minLevel) WithGroup(g string) slog.Handler {
+	return &minLevel{h: m.h.WithGroup(g), min: m.min}
+}

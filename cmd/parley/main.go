@@ -1,0 +1,193 @@
+// Command parley runs one Parley chat node.
+//
+// Every flag has an environment twin: --max-message-size is
+// PARLEY_MAX_MESSAGE_SIZE. A flag given on the command line wins over its
+// environment variable. Run `parley --help` for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"parley/node"
+	"parley/relay"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "parley:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command line's settings; see register for their doc.
+type options struct {
+	cfg                         node.Config
+	redisURL, cluster, sentinel string
+	historySize                 int
+	historyTTL, presenceTimeout time.Duration
+	logLevel, logFormat         string
+}
+
+func register(fs *flag.FlagSet, o *options) {
+	c := &o.cfg
+	fs.StringVar(&c.Listen, "listen", ":8080", "public address: WebSocket upgrades at / (plain) and /ws (JSON), the chat page, /healthz, /readyz")
+	fs.StringVar(&c.Admin, "admin", "127.0.0.1:6060", "admin address for /debug/pprof/ and /debug/stats (\"-\" disables)")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in welcome frames and presence (default: random n-xxxxxx)")
+	fs.StringVar(&o.redisURL, "redis", "", "Redis URL (redis://host:port/db): use Redis as the bus instead of the embedded one")
+	fs.StringVar(&o.cluster, "redis-cluster", "", "Redis Cluster seed addresses, host:port,host:port,…")
+	fs.StringVar(&o.sentinel, "redis-sentinel", "", "Redis Sentinel: master@host:port,host:port,…")
+	fs.IntVar(&o.historySize, "history-size", relay.DefaultHistorySize, "messages kept per room for history and resume")
+	fs.DurationVar(&o.historyTTL, "history-ttl", relay.DefaultHistoryTTL, "a room idle this long forgets its history (its epoch changes)")
+	fs.DurationVar(&o.presenceTimeout, "presence-timeout", 15*time.Second, "with Redis: a dead node's members leave presence within this")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 10*time.Second, "deadline for reading a WebSocket upgrade request")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 8<<10, "cap on an upgrade request's header bytes")
+	fs.IntVar(&c.MaxMessageSize, "max-message-size", 64<<10, "largest inbound WebSocket message in bytes; larger gets close 1009")
+	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 1<<20, "outbound queue cap per connection in bytes; over it: close 4008 slow consumer")
+	fs.IntVar(&c.MaxQueueFrames, "max-queue-frames", 1024, "outbound queue cap per connection in frames; over it: close 4008 slow consumer")
+	fs.DurationVar(&c.PingInterval, "ping-interval", 30*time.Second, "ping a connection silent this long; close it after another such period")
+	fs.DurationVar(&c.CloseTimeout, "close-timeout", 5*time.Second, "how long to wait for a peer's close reply")
+	fs.IntVar(&c.Workers, "workers", 0, "netpoll worker goroutines (0: GOMAXPROCS)")
+	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", 64, "rooms one connection may join")
+	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: how long clients get to leave before they are cut")
+	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "after_ms hint in the reconnect frame sent on drain")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+}
+
+// envName is the environment twin of a flag: max-message-size → PARLEY_MAX_MESSAGE_SIZE.
+func envName(flagName string) string {
+	return "PARLEY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parse reads args, then fills every flag not given from its environment twin.
+func parse(args []string, getenv func(string) string, out io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("parley", flag.ContinueOnError)
+	fs.SetOutput(out)
+	register(fs, o)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: parley [flags]\n\nRuns one Parley chat node. Every flag has an environment twin (PARLEY_<FLAG>, e.g. PARLEY_LISTEN).\n\nFlags:\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(out, "  --%s (env %s, default %q)\n    \t%s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
+			}
+		}
+	})
+	return o, errors.Join(errs...)
+}
+
+func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	switch o.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: want text or json, got %q", o.logFormat)
+}
+
+func run(args []string, stderr io.Writer) error {
+	o, err := parse(args, os.Getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		return err
+	}
+	o.cfg.Logger = log
+	relay.RouteRedisLogs(log.With("part", "go-redis"))
+	if o.cfg.NodeID == "" {
+		host, _ := os.Hostname()
+		o.cfg.NodeID = defaultNodeID(host, os.Getpid())
+	}
+	if o.redisURL != "" || o.cluster != "" || o.sentinel != "" {
+		rc, err := relay.ParseRedisFlags(o.redisURL, o.cluster, o.sentinel)
+		if err != nil {
+			return err
+		}
+		rc.NodeID = o.cfg.NodeID
+		rc.HistorySize = o.historySize
+		rc.HistoryTTL = o.historyTTL
+		rc.PresenceTimeout = o.presenceTimeout
+		rc.Logger = log.With("part", "redis")
+		b, err := relay.NewRedis(rc)
+		if err != nil {
+			return err
+		}
+		o.cfg.Broker = b
+	} else {
+		o.cfg.Broker = relay.NewMemory(relay.MemoryConfig{HistorySize: o.historySize, HistoryTTL: o.historyTTL})
+	}
+	n, err := node.New(o.cfg)
+	if err != nil {
+		o.cfg.Broker.Close()
+		return err
+	}
+	if err := n.Start(); err != nil {
+		o.cfg.Broker.Close()
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Info("signal received, shutting down", "signal", s.String(), "grace", o.cfg.ShutdownGrace.String())
+	signal.Stop(sig)
+	// A second signal is not awaited: the grace period bounds the exit.
+	return n.Shutdown(context.Background())
+}
+
+// defaultNodeID derives a readable, valid node id from the host name and
+// pid, so that restarts are told apart in presence.
+func defaultNodeID(host string, pid int) string {
+	var b strings.Builder
+	for _, r := range host {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			b.WriteRune(r)
+		}
+		if b.Len() >= 20 {
+			break
+		}
+	}
+	if b.Len() == 0 {
+		b.WriteString("node")
+	}
+	return b.String() + "-" + strconv.Itoa(pid)
+}

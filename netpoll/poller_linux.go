@@ -1,0 +1,430 @@
+//go:build linux && !netpoll_goroutines
+
+package netpoll
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// readBufferSize is each worker's read buffer.
+	readBufferSize = 16 << 10
+	// maxReadsPerWakeup bounds the reads of one conn per event, for fairness;
+	// a conn with more bytes waiting is re-armed and served again later.
+	maxReadsPerWakeup = 4
+	// maxIovecs bounds one writev (IOV_MAX is 1024 on Linux).
+	maxIovecs = 1024
+	// eventBatch is how many epoll events one epoll_wait returns at most.
+	eventBatch = 256
+	// taskQueue is the depth of the ready-conn queue feeding the workers.
+	taskQueue = 1024
+
+	armIn  = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+	armOut = armIn | unix.EPOLLOUT
+)
+
+// slotsRecycled: on Linux a conn's slot is its fd, never handed out by us.
+const slotsRecycled = false
+
+// perConnGoroutines reports whether started conns park a goroutine.
+const perConnGoroutines = false
+
+type pollerSys struct {
+	epfd     int
+	evfd     int // eventfd written by Close to stop the epoll loop
+	tasks    chan task
+	loopDone chan struct{}
+	workers  sync.WaitGroup
+}
+
+type connSys struct {
+	fd int32
+}
+
+type task struct {
+	c  *Conn
+	ev uint32
+}
+
+// start creates the epoll set and starts the epoll loop and the workers.
+func (p *Poller) start() error {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("netpoll: epoll_create1: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return fmt.Errorf("netpoll: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(evfd)
+		unix.Close(epfd)
+		return fmt.Errorf("netpoll: epoll_ctl add eventfd: %w", err)
+	}
+	p.sys = pollerSys{
+		epfd:     epfd,
+		evfd:     evfd,
+		tasks:    make(chan task, taskQueue),
+		loopDone: make(chan struct{}),
+	}
+	p.sys.workers.Add(p.cfg.Workers)
+	for range p.cfg.Workers {
+		go p.worker()
+	}
+	go p.loop()
+	return nil
+}
+
+// Close stops the epoll loop, the workers and the sweeper, then aborts every
+// remaining conn (HandleClose gets ErrClosed) on the calling goroutine. No
+// goroutine of the poller is left when it returns. It must not be called from
+// a Handler.
+func (p *Poller) Close() error {
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		close(p.stop)
+		<-p.sweepDone
+
+		var one [8]byte
+		one[0] = 1 // eventfd counters are host-endian; any non-zero value wakes
+		if _, err := unix.Write(p.sys.evfd, one[:]); err != nil {
+			p.log.Error("netpoll: wake epoll loop", "err", err)
+		}
+		<-p.sys.loopDone
+		close(p.sys.tasks)
+		p.sys.workers.Wait()
+
+		for _, c := range p.appendConns(nil) {
+			c.mu.Lock()
+			if c.flags&fFinished != 0 {
+				c.mu.Unlock()
+				continue
+			}
+			c.setReasonLocked(ErrClosed)
+			c.flags = c.flags&^fArmed | fRunning
+			c.mu.Unlock()
+			c.finish()
+		}
+		unix.Close(p.sys.evfd)
+		unix.Close(p.sys.epfd)
+	})
+	return nil
+}
+
+// Add takes an upgraded connection: a *net.TCPConn or anything implementing
+// syscall.Conn over a non-blocking socket. buffered holds bytes the upgrade
+// read past the handshake (copied; parsed before anything read later). It
+// does not start reading: call Start.
+func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("netpoll: add %T: not a syscall.Conn", nc)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("netpoll: add: %w", err)
+	}
+	fd := -1
+	var nbErr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		nbErr = unix.SetNonblock(fd, true)
+	}); err != nil {
+		return nil, fmt.Errorf("netpoll: add: %w", err)
+	}
+	if nbErr != nil {
+		return nil, fmt.Errorf("netpoll: add: set non-blocking: %w", nbErr)
+	}
+	c := &Conn{p: p, nc: nc, id: p.ids.Add(1)}
+	c.sys.fd = int32(fd)
+	c.lastRecv.Store(p.now())
+	if len(buffered) > 0 {
+		c.rd = readerPool.Get().(*reader)
+		c.rd.asm.MaxMessageSize = p.cfg.MaxMessageSize
+		c.rd.buffered = bytes.Clone(buffered)
+	}
+	if err := p.insert(c, fd); err != nil {
+		return nil, fmt.Errorf("netpoll: add fd %d: %w", fd, err)
+	}
+	return c, nil
+}
+
+// Start registers the conn with epoll and begins delivering to h.
+func (c *Conn) Start(h Handler) error {
+	if h == nil {
+		return errors.New("netpoll: start: nil handler")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.flags&fFinished != 0:
+		return ErrClosed
+	case c.flags&fStarted != 0:
+		return errors.New("netpoll: start: already started")
+	}
+	c.h = h
+	events := uint32(armIn)
+	if c.flags&fWantOut != 0 || c.rd != nil {
+		// Writable at once: the first event comes straight away and the
+		// worker parses the upgrade leftovers first.
+		events = armOut
+	}
+	ev := unix.EpollEvent{Events: events, Fd: c.sys.fd, Pad: int32(uint32(c.id))}
+	if err := unix.EpollCtl(c.p.sys.epfd, unix.EPOLL_CTL_ADD, int(c.sys.fd), &ev); err != nil {
+		return fmt.Errorf("netpoll: start: epoll_ctl add fd %d: %w", c.sys.fd, err)
+	}
+	c.flags |= fStarted | fArmed
+	return nil
+}
+
+// loop is the epoll goroutine: it turns ready fds into worker tasks.
+func (p *Poller) loop() {
+	defer close(p.sys.loopDone)
+	events := make([]unix.EpollEvent, eventBatch)
+	batch := make([]task, 0, eventBatch)
+	for {
+		n, err := unix.EpollWait(p.sys.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			p.log.Error("netpoll: epoll_wait", "err", err)
+			return
+		}
+		stop := false
+		p.mu.RLock()
+		for _, ev := range events[:n] {
+			if int(ev.Fd) == p.sys.evfd {
+				stop = true
+				continue
+			}
+			c := p.lookupLocked(int(ev.Fd))
+			if c == nil || uint32(c.id) != uint32(ev.Pad) {
+				continue // stale event of a finished conn
+			}
+			batch = append(batch, task{c: c, ev: ev.Events})
+		}
+		p.mu.RUnlock()
+		for _, t := range batch {
+			p.dispatch(t)
+		}
+		clear(batch)
+		batch = batch[:0]
+		if stop {
+			return
+		}
+	}
+}
+
+// dispatch hands a ready conn to a worker unless one already holds it.
+func (p *Poller) dispatch(t task) {
+	c := t.c
+	c.mu.Lock()
+	if c.flags&fFinished != 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.flags &^= fArmed
+	if c.flags&fRunning != 0 {
+		c.pending |= t.ev
+		c.mu.Unlock()
+		return
+	}
+	c.flags |= fRunning
+	c.mu.Unlock()
+	p.sys.tasks <- t
+}
+
+// worker handles ready conns with its own read buffer.
+func (p *Poller) worker() {
+	defer p.sys.workers.Done()
+	buf := make([]byte, readBufferSize)
+	for t := range p.sys.tasks {
+		t.c.handle(t.ev, buf)
+	}
+}
+
+// handle serves one readiness event; the caller holds the read token, and
+// handle gives it back by re-arming the fd or by finishing the conn.
+func (c *Conn) handle(ev uint32, buf []byte) {
+	for {
+		var eof bool
+		var rerr error
+		if c.rd != nil && c.rd.buffered != nil {
+			b := c.rd.buffered
+			c.rd.buffered = nil
+			c.consume(b)
+		}
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			eof, rerr = c.readSome(buf)
+		}
+		c.mu.Lock()
+		if ev&unix.EPOLLOUT != 0 {
+			c.writeLocked()
+		}
+		if c.shouldFinishLocked(eof, rerr) {
+			c.mu.Unlock()
+			c.finish()
+			return
+		}
+		if c.pending != 0 {
+			ev, c.pending = c.pending, 0
+			c.mu.Unlock()
+			continue
+		}
+		if err := c.armLocked(); err != nil {
+			c.setReasonLocked(err)
+			c.mu.Unlock()
+			c.finish()
+			return
+		}
+		c.flags = c.flags&^fRunning | fArmed
+		c.mu.Unlock()
+		return
+	}
+}
+
+// armLocked re-arms the one-shot registration.
+func (c *Conn) armLocked() error {
+	events := uint32(armIn)
+	if c.flags&fWantOut != 0 {
+		events = armOut
+	}
+	ev := unix.EpollEvent{Events: events, Fd: c.sys.fd, Pad: int32(uint32(c.id))}
+	if err := unix.EpollCtl(c.p.sys.epfd, unix.EPOLL_CTL_MOD, int(c.sys.fd), &ev); err != nil {
+		return fmt.Errorf("netpoll: epoll_ctl mod fd %d: %w", c.sys.fd, err)
+	}
+	return nil
+}
+
+// readSome reads until EAGAIN, EOF, an error, or the per-wakeup bound.
+func (c *Conn) readSome(buf []byte) (eof bool, err error) {
+	for range maxReadsPerWakeup {
+		n, err := unix.Read(int(c.sys.fd), buf)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return false, nil
+		case err != nil:
+			return false, err
+		case n == 0:
+			return true, nil
+		}
+		c.consume(buf[:n])
+		if n < len(buf) {
+			return false, nil // drained; level-triggered re-arm covers a race
+		}
+	}
+	return false, nil
+}
+
+// flushLocked writes the queue now unless the socket was found full and a
+// worker is already due to continue on EPOLLOUT.
+func (c *Conn) flushLocked() {
+	if c.flags&fWantOut != 0 {
+		return
+	}
+	c.writeLocked()
+}
+
+// writeLocked writes the queue with writev until it is empty or the socket
+// is full; then EPOLLOUT is armed and a worker continues.
+func (c *Conn) writeLocked() {
+	if c.flags&fFinished != 0 {
+		return
+	}
+	for q := c.out; q != nil && q.len() > 0; {
+		iov := q.pending()
+		if len(iov) > maxIovecs {
+			iov = iov[:maxIovecs]
+		}
+		n, err := unix.Writev(int(c.sys.fd), iov)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			c.wantOutLocked()
+			return
+		case err != nil:
+			c.writeFailedLocked(err)
+			return
+		}
+		q.advance(n)
+	}
+	c.queueDrainedLocked()
+}
+
+// wantOutLocked makes sure a worker continues the flush when the socket
+// becomes writable.
+func (c *Conn) wantOutLocked() {
+	if c.flags&fWantOut != 0 {
+		return
+	}
+	c.flags |= fWantOut
+	c.pokeLocked()
+}
+
+// pokeLocked re-arms an idle registration with EPOLLOUT. A running worker
+// (or Start) arms it itself.
+func (c *Conn) pokeLocked() {
+	if c.flags&(fArmed|fRunning) != fArmed {
+		return
+	}
+	ev := unix.EpollEvent{Events: armOut, Fd: c.sys.fd, Pad: int32(uint32(c.id))}
+	if err := unix.EpollCtl(c.p.sys.epfd, unix.EPOLL_CTL_MOD, int(c.sys.fd), &ev); err != nil {
+		c.p.log.Warn("netpoll: arm EPOLLOUT", "conn", c.id, "err", err)
+	}
+}
+
+// closeSentLocked runs once our close frame is written: the write side is
+// shut so the peer sees EOF after it.
+func (c *Conn) closeSentLocked() {
+	if err := unix.Shutdown(int(c.sys.fd), unix.SHUT_WR); err != nil {
+		c.p.log.Debug("netpoll: shutdown write", "conn", c.id, "err", err)
+	}
+	if c.flags&fCloseRcvd != 0 {
+		c.pokeLocked() // handshake complete: have a worker finish the conn
+	}
+}
+
+// abortIOLocked shuts the socket down both ways; epoll then reports it and a
+// worker finishes the conn.
+func (c *Conn) abortIOLocked() {
+	if c.flags&fStarted == 0 {
+		return
+	}
+	if err := unix.Shutdown(int(c.sys.fd), unix.SHUT_RDWR); err != nil {
+		c.p.log.Debug("netpoll: shutdown", "conn", c.id, "err", err)
+	}
+}
+
+// releaseIOLocked removes the fd from epoll; finish closes it afterwards
+// through the net.Conn, so the runtime forgets it too.
+func (c *Conn) releaseIOLocked() {
+	if c.flags&fStarted == 0 {
+		return
+	}
+	if err := unix.EpollCtl(c.p.sys.epfd, unix.EPOLL_CTL_DEL, int(c.sys.fd), nil); err != nil {
+		c.p.log.Debug("netpoll: epoll_ctl del", "conn", c.id, "err", err)
+	}
+}
+
+// inFlightLocked returns how many queued frames have been partly written.
+func (c *Conn) inFlightLocked() int {
+	if c.out != nil && c.out.started {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,342 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"parley/actors"
+	"parley/netpoll"
+	"parley/protocol"
+	"parley/relay"
+)
+
+// Config configures a node. The zero value of every field but NodeID means
+// "the default" given in its comment.
+type Config struct {
+	// Listen is the public address: WebSocket upgrades, the chat page,
+	// /healthz and /readyz (default ":8080").
+	Listen string
+	// Admin is the admin address serving /debug/pprof/ and /debug/stats
+	// (default "127.0.0.1:6060"; "-" disables it).
+	Admin string
+	// NodeID names this node in welcome frames and presence (default: a
+	// random "n-xxxxxx").
+	NodeID string
+	// Broker is the bus between rooms and nodes. Nil means an embedded
+	// memory broker: one node alone, with the same semantics. The node closes
+	// the broker it is given when it shuts down.
+	Broker relay.Broker
+
+	// HandshakeTimeout bounds reading the upgrade request (default 10s).
+	HandshakeTimeout time.Duration
+	// MaxHeaderBytes caps the upgrade request's header bytes (default 8 KiB).
+	MaxHeaderBytes int
+	// MaxMessageSize caps one inbound WebSocket message; larger gets close
+	// 1009 (default 64 KiB).
+	MaxMessageSize int
+	// MaxQueueBytes and MaxQueueFrames cap a connection's outbound queue;
+	// over either the client is closed with 4008 "slow consumer" (defaults
+	// 1 MiB and 1024 frames).
+	MaxQueueBytes  int
+	MaxQueueFrames int
+	// PingInterval is the sweeper's period: a silent connection is pinged,
+	// and closed if it stays silent for another period (default 30s).
+	PingInterval time.Duration
+	// CloseTimeout bounds the wait for a peer's close reply (default 5s).
+	CloseTimeout time.Duration
+	// Workers is the number of netpoll workers (default GOMAXPROCS).
+	Workers int
+	// MaxRoomsPerConn caps the rooms one connection may join (default 64).
+	MaxRoomsPerConn int
+	// HistoryLimit caps the messages of one history reply (default 100).
+	HistoryLimit int
+	// ShutdownGrace bounds a graceful shutdown: after it, remaining
+	// connections are cut (default 10s).
+	ShutdownGrace time.Duration
+	// ReconnectAfter is the after_ms hint sent in reconnect frames on drain
+	// (default 1s).
+	ReconnectAfter time.Duration
+
+	// Logger receives the node's structured logs (nil: discard).
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = ":8080"
+	}
+	if c.Admin == "" {
+		c.Admin = "127.0.0.1:6060"
+	}
+	if c.NodeID == "" {
+		c.NodeID = "n-" + randomHex(3)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = 8 << 10
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.ReconnectAfter == 0 {
+		c.ReconnectAfter = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+// Node is one Parley node: an HTTP listener that upgrades WebSockets and
+// hands them to the epoll loop (netpoll) and the actors, plus an admin
+// listener. Create it with New, start it with Start, stop it with Shutdown.
+//
+// Goroutines: the public and admin http.Servers (one goroutine each plus a
+// short-lived one per HTTP request or handshake), and what netpoll, the
+// actors and the broker own. A Node's own fields are set by New and Start
+// and read-only afterwards, except draining (atomic).
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	broker relay.Broker
+	poller *netpoll.Poller
+	sys    *actors.System
+
+	pub, admin     *http.Server
+	pubLn, adminLn net.Listener
+	serveWG        sync.WaitGroup
+
+	draining atomic.Bool
+	started  time.Time
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// New validates cfg and builds a node; nothing listens until Start.
+func New(cfg Config) (*Node, error) {
+	cfg.setDefaults()
+	if err := protocol.CheckName(cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("node: node id %q: %w", cfg.NodeID, err)
+	}
+	if cfg.HandshakeTimeout < 0 || cfg.ShutdownGrace < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, errors.New("node: timeouts and limits must not be negative")
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), broker: cfg.Broker}
+	if n.broker == nil {
+		n.broker = relay.NewMemory(relay.MemoryConfig{})
+	}
+	var err error
+	n.poller, err = netpoll.New(netpoll.Config{
+		Workers:        cfg.Workers,
+		MaxMessageSize: cfg.MaxMessageSize,
+		MaxQueueBytes:  cfg.MaxQueueBytes,
+		MaxQueueFrames: cfg.MaxQueueFrames,
+		PingInterval:   cfg.PingInterval,
+		CloseTimeout:   cfg.CloseTimeout,
+		Logger:         n.log.With("part", "netpoll"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.sys, err = actors.New(actors.Config{
+		NodeID:          cfg.NodeID,
+		Broker:          n.broker,
+		Logger:          n.log.With("part", "actors"),
+		MaxRoomsPerConn: cfg.MaxRoomsPerConn,
+		HistoryLimit:    cfg.HistoryLimit,
+	})
+	if err != nil {
+		n.poller.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	return n, nil
+}
+
+// Start opens the listeners and begins serving. It returns once both
+// listeners are open.
+func (n *Node) Start() error {
+	var err error
+	n.pubLn, err = net.Listen("tcp", n.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("node: listen %s: %w", n.cfg.Listen, err)
+	}
+	n.pub = &http.Server{
+		Handler:           n.publicMux(),
+		ReadHeaderTimeout: n.cfg.HandshakeTimeout,
+		MaxHeaderBytes:    n.cfg.MaxHeaderBytes,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	if n.cfg.Admin != "-" {
+		n.adminLn, err = net.Listen("tcp", n.cfg.Admin)
+		if err != nil {
+			n.pubLn.Close()
+			return fmt.Errorf("node: listen admin %s: %w", n.cfg.Admin, err)
+		}
+		n.admin = &http.Server{Handler: n.adminMux(), ReadHeaderTimeout: 10 * time.Second}
+		n.serve(n.admin, n.adminLn)
+	}
+	n.started = time.Now()
+	n.serve(n.pub, n.pubLn)
+	n.log.Info("node listening", "addr", n.pubLn.Addr().String(), "admin", n.AdminAddr())
+	return nil
+}
+
+func (n *Node) serve(s *http.Server, ln net.Listener) {
+	n.serveWG.Add(1)
+	go func() {
+		defer n.serveWG.Done()
+		if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server stopped", "err", err)
+		}
+	}()
+}
+
+// Addr is the public listener's address (after Start).
+func (n *Node) Addr() string { return n.pubLn.Addr().String() }
+
+// AdminAddr is the admin listener's address, or "" when disabled.
+func (n *Node) AdminAddr() string {
+	if n.adminLn == nil {
+		return ""
+	}
+	return n.adminLn.Addr().String()
+}
+
+// ID is the node id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// Draining reports whether the node has begun shutting down.
+func (n *Node) Draining() bool { return n.draining.Load() }
+
+// Shutdown drains the node: /readyz turns 503, new upgrades are refused,
+// every client gets reconnect (JSON) and close 1001, and the node waits up
+// to ShutdownGrace (or ctx) for the clients to go before cutting the rest.
+// Then it stops the actors, the epoll loop, the listeners and the broker.
+// Calling it again returns the first result.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.stopOnce.Do(func() { n.stopErr = n.shutdown(ctx) })
+	return n.stopErr
+}
+
+func (n *Node) shutdown(ctx context.Context) error {
+	n.draining.Store(true)
+	n.log.Info("draining", "connections", n.poller.Len())
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownGrace)
+	defer cancel()
+
+	n.sys.Drain("shutdown", n.cfg.ReconnectAfter)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for n.poller.Len() > 0 {
+		select {
+		case <-ctx.Done():
+			n.log.Warn("grace period over, cutting remaining connections", "connections", n.poller.Len())
+			goto cut
+		case <-tick.C:
+		}
+	}
+cut:
+	var errs []error
+	// Stop accepting HTTP; handshakes in flight are refused by draining.
+	hctx, hcancel := context.WithTimeout(context.Background(), time.Second)
+	defer hcancel()
+	if err := n.pub.Shutdown(hctx); err != nil {
+		errs = append(errs, fmt.Errorf("node: public listener: %w", err))
+	}
+	if err := n.poller.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("node: netpoll: %w", err))
+	}
+	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer acancel()
+	if err := n.sys.Shutdown(actx); err != nil {
+		errs = append(errs, fmt.Errorf("node: actors: %w", err))
+	}
+	if err := n.broker.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("node: broker: %w", err))
+	}
+	if n.admin != nil {
+		if err := n.admin.Shutdown(hctx); err != nil {
+			errs = append(errs, fmt.Errorf("node: admin listener: %w", err))
+		}
+	}
+	n.serveWG.Wait()
+	n.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// upgrade turns an HTTP request into a registered WebSocket connection
+// with its connection actor. plain selects the seed-compatible mode.
+func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
+	if n.draining.Load() {
+		http.Error(w, "node is draining", http.StatusServiceUnavailable)
+		return
+	}
+	name := r.URL.Query().Get("name")
+	if name == "" {
+		name = "guest-" + randomHex(2)
+	} else if err := protocol.CheckName(name); err != nil {
+		http.Error(w, "bad name: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	up := ws.HTTPUpgrader{Timeout: n.cfg.HandshakeTimeout}
+	nc, rw, _, err := up.Upgrade(r, w)
+	if err != nil {
+		// The upgrader has answered with an HTTP error status already.
+		n.log.Debug("upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	// The handshake deadline must not outlive the handshake.
+	_ = nc.SetDeadline(time.Time{})
+	var buffered []byte
+	if k := rw.Reader.Buffered(); k > 0 {
+		p, _ := rw.Reader.Peek(k)
+		buffered = append([]byte(nil), p...)
+	}
+	c, err := n.poller.Add(nc, buffered)
+	if err != nil {
+		n.log.Warn("netpoll add failed", "err", err)
+		nc.Close()
+		return
+	}
+	sess, err := n.sys.Connect(c, actors.ConnInfo{Name: name, Plain: plain, Remote: r.RemoteAddr})
+	if err != nil {
+		n.log.Warn("connect failed", "err", err)
+		c.Abort(err)
+		return
+	}
+	if err := c.Start(sessionHandler{sess}); err != nil {
+		n.log.Warn("netpoll start failed", "err", err)
+		sess.HandleClose(err)
+		c.Abort(err)
+	}
+}
+
+// sessionHandler adapts a connection actor's session to netpoll's Handler.
+// It is one pointer wide, so storing it in the interface does not allocate.
+type sessionHandler struct{ s *actors.Session }
+
+func (h sessionHandler) HandleMessage(_ *netpoll.Conn, op ws.OpCode, p []byte) {
+	h.s.HandleMessage(op, p)
+}
+
+func (h sessionHandler) HandleClose(_ *netpoll.Conn, err error) { h.s.HandleClose(err) }
+
+func randomHex(nbytes int) string {
+	b := make([]byte, nbytes)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
