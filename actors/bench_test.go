@@ -19,8 +19,7 @@ type countTransport struct {
 	got atomic.Int64
 }
 
-func (c *countTransport) Enqueue([]byte) error        { c.got.Add(1); c.n.Add(1); return nil }
-func (c *countTransport) Flush()                      {}
+func (c *countTransport) Send([]byte) error           { c.got.Add(1); c.n.Add(1); return nil }
 func (c *countTransport) Close(ws.StatusCode, string) {}
 func (c *countTransport) Kick(ws.StatusCode, string)  {}
 

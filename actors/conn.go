@@ -21,26 +21,18 @@ const (
 // conn is the connection actor: one per socket. It alone touches its
 // Transport and its fields. Kept small: it lives as long as the socket.
 type conn struct {
-	s            *System
-	t            Transport
-	sess         *Session
-	name         string
-	rooms        []string // joined (or joining) rooms
-	plain        bool
-	flushPending bool // a flushMsg is in the mailbox
-	closing      bool // Close/Kick called: enqueue nothing more
+	s       *System
+	t       Transport
+	sess    *Session
+	name    string
+	rooms   []string // joined (or joining) rooms
+	plain   bool
+	closing bool // Close/Kick called: send nothing more
 }
 
 // Receive is the connection actor's message loop.
 func (c *conn) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
-	case *Deliver:
-		c.enqueue(ctx, msg.Frame)
-	case *flushSelf:
-		c.flushPending = false
-		if !c.closing {
-			c.t.Flush()
-		}
 	case *inbound:
 		c.inbound(ctx, msg)
 	case *dropRoom:
@@ -64,9 +56,6 @@ func (c *conn) Receive(ctx actor.Context) {
 		}
 		if !c.plain {
 			c.reply(ctx, protocol.Reconnect{Type: protocol.TypeReconnect, Reason: msg.reason, AfterMS: msg.after.Milliseconds()})
-			if !c.closing {
-				c.t.Flush()
-			}
 		}
 		c.close(ctx, closeGoingAway, msg.reason)
 	case *closed:
@@ -92,24 +81,19 @@ func (c *conn) Receive(ctx actor.Context) {
 	}
 }
 
-// enqueue queues frame and makes sure a flush follows: the first enqueue
-// after a flush posts flushMsg to self, so everything queued before it is
-// processed goes out in one Flush.
+// enqueue queues frame on the socket; netpoll flushes it soon, together
+// with whatever else was queued meanwhile (rooms queue on the same socket).
 func (c *conn) enqueue(ctx actor.Context, frame []byte) {
 	if c.closing {
 		return
 	}
-	if err := c.t.Enqueue(frame); err != nil {
+	if err := c.t.Send(frame); err != nil {
 		c.closing = true
 		if errors.Is(err, netpoll.ErrQueueFull) {
 			c.t.Kick(closeSlowConsumer, "slow consumer")
 		}
 		ctx.Stop(ctx.Self())
 		return
-	}
-	if !c.flushPending {
-		c.flushPending = true
-		ctx.Send(ctx.Self(), flushMsg)
 	}
 }
 
@@ -131,7 +115,7 @@ func (c *conn) close(ctx actor.Context, code ws.StatusCode, reason string) {
 }
 
 func (c *conn) toRoom(ctx actor.Context, op *roomOp) {
-	op.conn = ctx.Self()
+	op.conn, op.t = ctx.Self(), c.t
 	ctx.Send(c.s.dirPID, op)
 }
 

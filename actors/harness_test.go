@@ -19,15 +19,15 @@ const waitFor = 5 * time.Second
 
 // fakeTransport records frames; it can be made to return ErrQueueFull.
 type fakeTransport struct {
-	mu      sync.Mutex
-	frames  []string // payloads of text frames, in order
-	flushes int
-	code    ws.StatusCode
-	reason  string
-	kicked  bool
-	closed  bool
-	full    bool
-	notify  chan struct{}
+	mu     sync.Mutex
+	frames []string // payloads of text frames, in order
+	code   ws.StatusCode
+	reason string
+	kicked bool
+	closed bool
+	full   bool
+	notify chan struct{}
+	sess   *Session // told of a Kick, as netpoll's HandleClose would
 }
 
 func newFake() *fakeTransport { return &fakeTransport{notify: make(chan struct{}, 1)} }
@@ -39,7 +39,8 @@ func (f *fakeTransport) signal() {
 	}
 }
 
-func (f *fakeTransport) Enqueue(frame []byte) error {
+func (f *fakeTransport) Send(frame []byte) error {
+	defer f.signal()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -56,13 +57,6 @@ func (f *fakeTransport) Enqueue(frame []byte) error {
 	return nil
 }
 
-func (f *fakeTransport) Flush() {
-	f.mu.Lock()
-	f.flushes++
-	f.mu.Unlock()
-	f.signal()
-}
-
 func (f *fakeTransport) Close(code ws.StatusCode, reason string) {
 	f.mu.Lock()
 	if !f.closed {
@@ -74,11 +68,16 @@ func (f *fakeTransport) Close(code ws.StatusCode, reason string) {
 
 func (f *fakeTransport) Kick(code ws.StatusCode, reason string) {
 	f.mu.Lock()
-	if !f.closed {
+	first := !f.closed
+	if first {
 		f.closed, f.kicked, f.code, f.reason = true, true, code, reason
 	}
+	sess := f.sess
 	f.mu.Unlock()
 	f.signal()
+	if first && sess != nil {
+		sess.HandleClose(&netpoll.CloseError{Code: code, Reason: reason})
+	}
 }
 
 // await waits until cond (called under the lock) holds.
@@ -144,6 +143,9 @@ func (e *testEnv) connect(t *testing.T, name string, plain bool) *client {
 	t.Helper()
 	ft := newFake()
 	sess, err := e.sys.Connect(ft, ConnInfo{Name: name, Plain: plain})
+	ft.mu.Lock()
+	ft.sess = sess
+	ft.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

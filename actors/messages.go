@@ -9,14 +9,6 @@ import (
 	"parley/relay"
 )
 
-// Deliver carries one complete, immutable websocket frame to a connection
-// actor, which enqueues it on its Transport. Fan-out sends the same *Deliver
-// to every member.
-type Deliver struct {
-	Seq   uint64 // seq of the message it carries (0: not a message)
-	Frame []byte
-}
-
 // Messages to the connection actor.
 type (
 	connInit struct {
@@ -29,9 +21,8 @@ type (
 		op      ws.OpCode
 		payload []byte
 	}
-	closed    struct{ err error }
-	flushSelf struct{}
-	drain     struct {
+	closed struct{ err error }
+	drain  struct {
 		reason string
 		after  time.Duration
 	}
@@ -41,8 +32,6 @@ type (
 		frame []byte
 	}
 )
-
-var flushMsg = &flushSelf{}
 
 // opKind is the kind of a roomOp.
 type opKind uint8
@@ -62,6 +51,7 @@ type roomOp struct {
 	kind    opKind
 	room    string
 	conn    *actor.PID
+	t       Transport // the connection's socket: the room replies on it directly
 	id      string
 	name    string // join
 	session string // join

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"context"
 	"errors"
 	"math"
 	"time"
@@ -21,12 +22,13 @@ type roomInit struct {
 // member is one local connection in a room. Owned by the room actor.
 type member struct {
 	pid       *actor.PID
+	t         Transport // the member's socket: fan-out queues frames on it directly
 	name      string
 	session   string
 	plain     bool
-	replaying bool       // a since-join's history read is in flight
-	gen       uint64     // room.gen when the replay started
-	buffered  []*Deliver // live frames held while replaying
+	replaying bool        // a since-join's history read is in flight
+	gen       uint64      // room.gen when the replay started
+	buffered  []heldFrame // live frames held while replaying
 }
 
 type presOp struct {
@@ -145,10 +147,10 @@ func (r *room) subscribed(ctx actor.Context, msg *relay.Subscribed) {
 				ctx.Send(op.conn, &dropRoom{room: r.name,
 					frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable: try again", r.name))})
 			case opLeave:
-				ctx.Send(op.conn, &Deliver{Frame: frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name})})
+				send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 			case opQuit:
 			default:
-				ctx.Send(op.conn, &Deliver{Frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable", r.name))})
+				send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable", r.name)))
 			}
 		}
 		r.checkEmpty(ctx)
@@ -183,14 +185,14 @@ func (r *room) op(ctx actor.Context, op *roomOp) {
 			r.remove(ctx, i, true)
 		}
 		if op.kind == opLeave {
-			ctx.Send(op.conn, &Deliver{Frame: frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name})})
+			send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 		}
 		r.checkEmpty(ctx)
 		return
 	}
 	i, ok := r.index[op.conn.Id]
 	if !ok {
-		ctx.Send(op.conn, &Deliver{Frame: errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name))})
+		send(op.t, errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
 		return
 	}
 	m := r.members[i]
@@ -214,7 +216,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 	if ok {
 		m = r.members[i]
 	} else {
-		m = &member{pid: op.conn, name: op.name, session: op.session, plain: op.plain}
+		m = &member{pid: op.conn, t: op.t, name: op.name, session: op.session, plain: op.plain}
 		r.index[op.conn.Id] = len(r.members)
 		r.members = append(r.members, m)
 		if m.plain {
@@ -225,14 +227,14 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		r.runPresence(ctx)
 	}
 	if m.plain {
-		ctx.Send(m.pid, &Deliver{Frame: netpoll.TextFrame([]byte("connected to node " + r.s.cfg.NodeID))})
+		send(m.t, netpoll.TextFrame([]byte("connected to node "+r.s.cfg.NodeID)))
 		return
 	}
 	if op.since == nil {
 		if m.replaying {
 			m.replaying, m.buffered = false, nil
 		}
-		ctx.Send(m.pid, &Deliver{Frame: r.joinedFrame(true)})
+		send(m.t, r.joinedFrame(true))
 		return
 	}
 	// Replay: hold live frames for m until history is read.
@@ -261,7 +263,7 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 	recovered := d.err == nil && d.gen == r.gen && res.Position.Epoch == r.seq.epoch &&
 		(d.epoch == "" || d.epoch == r.seq.epoch) && d.since <= r.seq.last &&
 		(res.Earliest == 0 && res.Position.Seq == d.since || res.Earliest != 0 && res.Earliest <= d.since+1)
-	ctx.Send(m.pid, &Deliver{Frame: r.joinedFrame(recovered)})
+	send(m.t, r.joinedFrame(recovered))
 	if !recovered {
 		// Nothing at or below last is promised: drop what was held.
 		return
@@ -271,15 +273,15 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		if hm.Seq < next || hm.Seq > r.seq.last {
 			continue
 		}
-		ctx.Send(m.pid, &Deliver{Seq: hm.Seq, Frame: messageFrame(hm)})
+		send(m.t, messageFrame(hm))
 		next = hm.Seq + 1
 	}
-	for _, dl := range buffered {
-		if dl.Seq < next {
+	for _, h := range buffered {
+		if h.seq < next {
 			continue
 		}
-		ctx.Send(m.pid, dl)
-		next = dl.Seq + 1
+		send(m.t, h.frame)
+		next = h.seq + 1
 	}
 }
 
@@ -322,13 +324,13 @@ func (r *room) checkEmpty(ctx actor.Context) {
 }
 
 // apply turns sequencer steps into frames: each message is encoded once
-// per flavour and the same *Deliver goes to every member.
+// per flavour and the same bytes are queued on every member's socket.
 func (r *room) apply(ctx actor.Context) {
 	for _, st := range r.steps {
 		if st.kind == stepReset {
 			r.gen++
-			d := &Deliver{Frame: frameOf(protocol.Joined{Type: protocol.TypeJoined, Room: r.name, Seq: st.msg.Seq,
-				Epoch: st.msg.Epoch, Recovered: false})}
+			f := frameOf(protocol.Joined{Type: protocol.TypeJoined, Room: r.name, Seq: st.msg.Seq,
+				Epoch: st.msg.Epoch, Recovered: false})
 			for _, m := range r.members {
 				if m.plain {
 					continue
@@ -337,7 +339,7 @@ func (r *room) apply(ctx actor.Context) {
 					m.buffered = nil // its replay is void (gen changed)
 					continue
 				}
-				ctx.Send(m.pid, d)
+				send(m.t, f)
 			}
 			continue
 		}
@@ -347,19 +349,19 @@ func (r *room) apply(ctx actor.Context) {
 }
 
 func (r *room) fanout(ctx actor.Context, msg relay.Message) {
-	jd := &Deliver{Seq: msg.Seq, Frame: messageFrame(msg)}
-	var pd *Deliver
+	jf := messageFrame(msg)
+	var pf []byte
 	if r.plains > 0 {
-		pd = &Deliver{Seq: msg.Seq, Frame: netpoll.TextFrame([]byte(msg.Text))}
+		pf = netpoll.TextFrame([]byte(msg.Text))
 	}
 	for _, m := range r.members {
 		switch {
 		case m.plain:
-			ctx.Send(m.pid, pd)
+			send(m.t, pf)
 		case m.replaying:
-			m.buffered = append(m.buffered, jd)
+			m.buffered = append(m.buffered, heldFrame{seq: msg.Seq, frame: jf})
 		default:
-			ctx.Send(m.pid, jd)
+			send(m.t, jf)
 		}
 	}
 }
@@ -389,21 +391,45 @@ func (r *room) runPublish(ctx actor.Context) {
 	r.pubBusy = true
 	b, room, node, self, root := r.s.cfg.Broker, r.name, r.s.cfg.NodeID, ctx.Self(), r.s.root
 	r.s.goTask(func() {
-		results := make([]pubResult, len(batch))
-		var failed error
+		msgs := make([]relay.Message, len(batch))
+		now := time.Now().UnixMilli()
 		for i, op := range batch {
-			if failed != nil {
-				results[i].err = failed
-				continue
-			}
-			cctx, cancel := r.s.brokerCtx()
-			results[i].pos, results[i].err = b.Publish(cctx, relay.Message{Room: room, From: op.name, Node: node,
-				Text: op.text, ID: op.id, TS: time.Now().UnixMilli()})
-			cancel()
-			failed = results[i].err
+			msgs[i] = relay.Message{Room: room, From: op.name, Node: node, Text: op.text, ID: op.id, TS: now}
 		}
-		root.Send(self, &publishDone{batch: batch, results: results})
+		root.Send(self, &publishDone{batch: batch, results: publishAll(b, r.s.brokerCtx, room, msgs)})
 	})
+}
+
+// publishAll publishes msgs of one room in order: in one call when the
+// broker can batch, else one by one, stopping at the first failure (the
+// rest fail with it, so no later message overtakes a failed one).
+func publishAll(b relay.Broker, newCtx func() (context.Context, context.CancelFunc), room string, msgs []relay.Message) []pubResult {
+	results := make([]pubResult, len(msgs))
+	if bp, ok := b.(relay.BatchPublisher); ok {
+		cctx, cancel := newCtx()
+		pos, err := bp.PublishBatch(cctx, room, msgs)
+		cancel()
+		for i := range results {
+			if err != nil {
+				results[i].err = err
+			} else {
+				results[i].pos = pos[i]
+			}
+		}
+		return results
+	}
+	var failed error
+	for i, m := range msgs {
+		if failed != nil {
+			results[i].err = failed
+			continue
+		}
+		cctx, cancel := newCtx()
+		results[i].pos, results[i].err = b.Publish(cctx, m)
+		cancel()
+		failed = results[i].err
+	}
+	return results
 }
 
 func (r *room) published(ctx actor.Context, d *publishDone) {
@@ -415,14 +441,14 @@ func (r *room) published(ctx actor.Context, d *publishDone) {
 				r.s.log.Warn("room: publish failed", "room", r.name, "err", res.err)
 			}
 			if op.plain {
-				ctx.Send(op.conn, &Deliver{Frame: netpoll.TextFrame([]byte("error: message not sent: bus unavailable"))})
+				send(op.t, netpoll.TextFrame([]byte("error: message not sent: bus unavailable")))
 			} else {
-				ctx.Send(op.conn, &Deliver{Frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent: bus unavailable"))})
+				send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent: bus unavailable")))
 			}
 			continue
 		}
 		if !op.plain {
-			ctx.Send(op.conn, &Deliver{Frame: frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq})})
+			send(op.t, frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq}))
 		}
 	}
 	r.runPublish(ctx)
@@ -462,12 +488,12 @@ func (r *room) presenceEvent(ctx actor.Context, e relay.PresenceEvent) {
 	if e.Joined {
 		typ = protocol.TypeMemberJoined
 	}
-	d := &Deliver{Frame: frameOf(protocol.MemberEvent{Type: typ, Room: r.name, Name: e.Member.Name, Node: e.Member.Node})}
+	f := frameOf(protocol.MemberEvent{Type: typ, Room: r.name, Name: e.Member.Name, Node: e.Member.Node})
 	for _, m := range r.members {
 		if m.plain || m.session == e.Member.Session {
 			continue
 		}
-		ctx.Send(m.pid, d)
+		send(m.t, f)
 	}
 }
 
@@ -476,8 +502,7 @@ func (r *room) history(ctx actor.Context, op *roomOp) {
 	if limit <= 0 || limit > r.s.cfg.HistoryLimit {
 		limit = r.s.cfg.HistoryLimit
 	}
-	b, room, conn, id := r.s.cfg.Broker, r.name, op.conn, op.id
-	root := r.s.root
+	b, room, t, id := r.s.cfg.Broker, r.name, op.t, op.id
 	req := relay.HistoryRequest{Before: op.before, Limit: limit}
 	if op.before == 0 {
 		// Newest messages: the newest Limit below "infinity".
@@ -488,33 +513,49 @@ func (r *room) history(ctx actor.Context, op *roomOp) {
 		defer cancel()
 		res, err := b.History(cctx, room, req)
 		if err != nil {
-			root.Send(conn, &Deliver{Frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "history unavailable"))})
+			send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "history unavailable")))
 			return
 		}
 		out := protocol.History{Type: protocol.TypeHistory, Room: room, Messages: make([]protocol.Message, len(res.Messages))}
 		for i, m := range res.Messages {
 			out.Messages[i] = protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS}
 		}
-		root.Send(conn, &Deliver{Frame: frameOf(out)})
+		send(t, frameOf(out))
 	})
 }
 
 func (r *room) presence(ctx actor.Context, op *roomOp) {
-	b, room, conn, id, root := r.s.cfg.Broker, r.name, op.conn, op.id, r.s.root
+	b, room, t, id := r.s.cfg.Broker, r.name, op.t, op.id
 	r.s.goTask(func() {
 		cctx, cancel := r.s.brokerCtx()
 		defer cancel()
 		list, err := b.Presence(cctx, room)
 		if err != nil {
-			root.Send(conn, &Deliver{Frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "presence unavailable"))})
+			send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "presence unavailable")))
 			return
 		}
 		out := protocol.Presence{Type: protocol.TypePresence, Room: room, Members: make([]protocol.Member, len(list))}
 		for i, m := range list {
 			out.Members[i] = protocol.Member{Name: m.Name, Node: m.Node}
 		}
-		root.Send(conn, &Deliver{Frame: frameOf(out)})
+		send(t, frameOf(out))
 	})
+}
+
+// heldFrame is a live message frame held for a member while its replay is read.
+type heldFrame struct {
+	seq   uint64
+	frame []byte
+}
+
+// send queues frame on a member's socket (safe from any goroutine: the
+// socket's queue has its own lock). A queue over its cap kicks the member
+// as a slow consumer; its actor then stops and the room drops it. A closed
+// socket drops the frame: its actor is already on its way out.
+func send(t Transport, frame []byte) {
+	if err := t.Send(frame); errors.Is(err, netpoll.ErrQueueFull) {
+		t.Kick(closeSlowConsumer, "slow consumer")
+	}
 }
 
 // frameOf encodes a node frame as a complete text frame.

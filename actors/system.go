@@ -53,15 +53,18 @@ type ConnInfo struct {
 	Remote string // peer address, for logs
 }
 
-// Transport is the actor's view of its socket; *netpoll.Conn implements it.
-// Only the connection actor calls it.
+// Transport is the actors' view of a socket; *netpoll.Conn implements it.
+// All methods are safe for concurrent use: the connection actor queues its
+// replies on it, and room actors queue fan-out frames on their members'
+// transports directly, so one message reaches a thousand sockets without a
+// thousand mailbox hops.
 type Transport interface {
-	// Enqueue queues one complete frame; it returns netpoll.ErrQueueFull
-	// for a slow consumer and netpoll.ErrClosed once closed.
-	Enqueue(frame []byte) error
-	// Flush writes everything queued (one writev).
-	Flush()
-	// Close flushes, sends a close frame and closes the socket.
+	// Send queues one complete, immutable frame (it may be shared with
+	// other transports) and has it written soon, coalesced with whatever
+	// else is queued. It returns netpoll.ErrQueueFull for a slow consumer
+	// (the frame is not queued) and netpoll.ErrClosed once closing.
+	Send(frame []byte) error
+	// Close sends what is queued, then a close frame, then closes.
 	Close(code ws.StatusCode, reason string)
 	// Kick drops what is queued and closes at once.
 	Kick(code ws.StatusCode, reason string)

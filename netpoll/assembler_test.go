@@ -462,6 +462,27 @@ func TestAssemblerNoAllocOnDeclaredLength(t *testing.T) {
 	}
 }
 
+// TestAssemblerFragmentGrowthIsGeometric guards against quadratic copying
+// when a message comes in many tiny fragments.
+func TestAssemblerFragmentGrowthIsGeometric(t *testing.T) {
+	const fragments = 4096
+	stream := clientFrame(false, ws.OpBinary, []byte{1}, maskA)
+	for range fragments - 2 {
+		stream = append(stream, clientFrame(false, ws.OpContinuation, []byte{1}, maskA)...)
+	}
+	stream = append(stream, clientFrame(true, ws.OpContinuation, []byte{1}, maskA)...)
+	a := &Assembler{}
+	allocs := testing.AllocsPerRun(5, func() {
+		got, err := feed(a, stream)
+		if err != nil || len(got) != 1 || len(got[0].payload) != fragments {
+			t.Fatalf("got %d events, err %v", len(got), err)
+		}
+	})
+	if allocs > 12 { // a handful of doublings plus feed's own slice
+		t.Fatalf("%v allocations for one %d-fragment message", allocs, fragments)
+	}
+}
+
 // drain feeds chunks to a, discarding events, for benchmarks.
 func drain(b *testing.B, a *Assembler, chunks ...[]byte) {
 	for _, p := range chunks {

@@ -38,6 +38,7 @@ const (
 	fDiscard                        // inbound bytes are no longer parsed
 	fAbort                          // finish as soon as the read token allows
 	fFinished                       // socket closed, HandleClose called or due
+	fFlushQueued                    // listed for a flusher (Send)
 )
 
 // Conn is one upgraded WebSocket connection registered with a Poller.

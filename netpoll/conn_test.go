@@ -344,7 +344,7 @@ func TestSlowConsumerKick(t *testing.T) {
 	c := s.nextConn(t)
 
 	frame := AppendFrame(nil, ws.OpBinary, make([]byte, 4<<10))
-	full := false
+	full, written := false, 0
 	start := time.Now()
 	for i := 0; i < 100_000 && !full; i++ {
 		err := c.Write(frame)
@@ -353,6 +353,8 @@ func TestSlowConsumerKick(t *testing.T) {
 			full = true
 		case err != nil:
 			t.Fatalf("Write %d: %v", i, err)
+		default:
+			written++
 		}
 	}
 	if !full {
@@ -366,9 +368,12 @@ func TestSlowConsumerKick(t *testing.T) {
 		t.Fatalf("Enqueue after Kick: %v, want ErrClosed", err)
 	}
 	cl.nc.SetDeadline(time.Now().Add(testTimeout))
-	code, reason, _ := cl.readClose()
+	code, reason, data := cl.readClose()
 	if code != ws.StatusPolicyViolation || reason != "slow consumer" {
 		t.Fatalf("close %d %q", code, reason)
+	}
+	if data >= written {
+		t.Fatalf("client got all %d frames: Kick dropped nothing", written)
 	}
 	cl.send(true, ws.OpClose, closeBody(ws.StatusPolicyViolation, ""))
 	e := h.nextClose(t)

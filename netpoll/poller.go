@@ -34,7 +34,8 @@ type Poller struct {
 	sweepDone chan struct{}
 	closeOnce sync.Once
 
-	sys pollerSys // platform part
+	flush flusher   // writes what Send queued
+	sys   pollerSys // platform part
 }
 
 // New validates cfg and starts the poller's goroutines.
@@ -53,6 +54,7 @@ func New(cfg Config) (*Poller, error) {
 	if err := p.start(); err != nil {
 		return nil, err
 	}
+	p.flush.start(p.cfg.Workers)
 	go p.sweep()
 	return p, nil
 }

@@ -95,6 +95,7 @@ func (p *Poller) Close() error {
 		p.mu.Unlock()
 		close(p.stop)
 		<-p.sweepDone
+		p.flush.close()
 
 		var one [8]byte
 		one[0] = 1 // eventfd counters are host-endian; any non-zero value wakes

@@ -50,6 +50,7 @@ func (p *Poller) Close() error {
 		p.mu.Unlock()
 		close(p.stop)
 		<-p.sweepDone
+		p.flush.close()
 		for _, c := range p.appendConns(nil) {
 			c.Abort(ErrClosed)
 		}

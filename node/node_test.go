@@ -1,9 +1,13 @@
 package node
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -364,5 +368,66 @@ func TestReadyzWhileDraining(t *testing.T) {
 	defer cancel()
 	if _, _, _, err := ws.Dial(ctx, "ws://"+n.Addr()+"/ws"); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("upgrade while draining: %v, want 503", err)
+	}
+}
+
+// TestSlowConsumerClosed4008: a member that stops reading is closed with
+// 4008 once its queue passes the cap, and the room keeps serving the rest.
+func TestSlowConsumerClosed4008(t *testing.T) {
+	n := startNode(t, Config{MaxQueueBytes: 64 << 10})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stalled, _, _, err := ws.Dial(ctx, "ws://"+n.Addr()+"/ws?name=stalled")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	stalled.Write(frame(0x81, []byte(`{"type":"join","room":"flood"}`)))
+
+	sender := dial(t, n, "/ws?name=sender")
+	sender.await("welcome")
+	sender.joinRoom("flood")
+	eventually(t, 5*time.Second, func() error {
+		sender.send(map[string]any{"type": "presence", "room": "flood"})
+		if p := sender.await("presence"); !strings.Contains(fmt.Sprint(p["members"]), "stalled") {
+			return errNotYet
+		}
+		return nil
+	})
+	text := strings.Repeat("x", 8<<10)
+	// Paced by acks, so the sender's own queue stays short.
+	for i := 0; i < 2000 && n.Stats().Sessions == 2; i++ {
+		sender.send(map[string]any{"type": "send", "room": "flood", "text": text, "id": fmt.Sprint(i)})
+		sender.await("ack")
+	}
+	// The stalled client finds, after what the socket buffers held, a 4008 close.
+	code := readUntilClose(t, stalled)
+	if code != 4008 {
+		t.Fatalf("stalled client closed with %d, want 4008", code)
+	}
+	sender.send(map[string]any{"type": "ping"})
+	sender.await("pong")
+}
+
+// readUntilClose reads server frames from conn until a close frame.
+func readUntilClose(t *testing.T, conn net.Conn) ws.StatusCode {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReaderSize(conn, 64<<10)
+	for {
+		h, err := ws.ReadHeader(r)
+		if err != nil {
+			t.Fatalf("no close frame: %v", err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(r, p); err != nil {
+			t.Fatalf("read payload: %v", err)
+		}
+		if h.OpCode == ws.OpClose {
+			if len(p) < 2 {
+				return ws.StatusNoStatusRcvd
+			}
+			return ws.StatusCode(binary.BigEndian.Uint16(p))
+		}
 	}
 }

@@ -122,6 +122,13 @@ type Broker interface {
 	Close() error
 }
 
+// BatchPublisher is implemented by brokers that publish several messages of
+// one room at once (one round trip), with Publish's guarantees for each and
+// all or none published. Room actors use it when the broker has it.
+type BatchPublisher interface {
+	PublishBatch(ctx context.Context, room string, msgs []Message) ([]Position, error)
+}
+
 // Stats counts what a broker did since it started.
 type Stats struct {
 	Kind        string `json:"kind"` // "memory" or "redis"

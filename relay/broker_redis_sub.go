@@ -130,12 +130,6 @@ func (s *rdsShard) run() {
 	}
 }
 
-func (s *rdsShard) isBroken() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.broken
-}
-
 // setBroken updates the shard's broken flag and the broker state.
 func (s *rdsShard) setBroken(b bool, err error) {
 	s.mu.Lock()
