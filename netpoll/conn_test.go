@@ -557,63 +557,81 @@ func TestPollerCloseFinishesEverything(t *testing.T) {
 	goleak.VerifyNone(t, ignore)
 }
 
+// writeMethods are the two ways to queue and write a frame: Write flushes on
+// the caller's goroutine, Send leaves it to a flusher.
+var writeMethods = []struct {
+	name  string
+	write func(c *Conn, frame []byte) error
+}{
+	{"Write", (*Conn).Write},
+	{"Send", (*Conn).Send},
+}
+
 func TestSlowReaderGetsEverythingViaEPOLLOUT(t *testing.T) {
-	const frames = 300
-	h := newRecorder(false)
-	small := func(tc *net.TCPConn) { tc.SetWriteBuffer(8 << 10) }
-	s := startServerTuned(t, Config{MaxQueueBytes: 4 << 20, MaxQueueFrames: 4096}, h, small)
-	cl := dial(t, s, nil)
-	c := s.nextConn(t)
-	payload := bytes.Repeat([]byte("w"), 4<<10)
-	for i := range frames {
-		p := append([]byte(fmt.Sprintf("%04d", i)), payload...)
-		if err := c.Write(AppendFrame(nil, ws.OpBinary, p)); err != nil {
-			t.Fatalf("Write %d: %v", i, err)
-		}
-	}
-	// Nothing calls Flush again: the rest must go out on EPOLLOUT.
-	for i := range frames {
-		got := cl.mustRead(ws.OpBinary)
-		if want := fmt.Sprintf("%04d", i); string(got[:4]) != want || len(got) != 4+len(payload) {
-			t.Fatalf("frame %d starts %q (len %d)", i, got[:4], len(got))
-		}
+	for _, m := range writeMethods {
+		t.Run(m.name, func(t *testing.T) {
+			const frames = 300
+			h := newRecorder(false)
+			small := func(tc *net.TCPConn) { tc.SetWriteBuffer(8 << 10) }
+			s := startServerTuned(t, Config{MaxQueueBytes: 4 << 20, MaxQueueFrames: 4096}, h, small)
+			cl := dial(t, s, nil)
+			c := s.nextConn(t)
+			payload := bytes.Repeat([]byte("w"), 4<<10)
+			for i := range frames {
+				p := append([]byte(fmt.Sprintf("%04d", i)), payload...)
+				if err := m.write(c, AppendFrame(nil, ws.OpBinary, p)); err != nil {
+					t.Fatalf("%s %d: %v", m.name, i, err)
+				}
+			}
+			// Nothing calls Flush again: the rest must go out on EPOLLOUT.
+			for i := range frames {
+				got := cl.mustRead(ws.OpBinary)
+				if want := fmt.Sprintf("%04d", i); string(got[:4]) != want || len(got) != 4+len(payload) {
+					t.Fatalf("frame %d starts %q (len %d)", i, got[:4], len(got))
+				}
+			}
+		})
 	}
 }
 
 func TestConcurrentWritersDoNotInterleave(t *testing.T) {
-	const writers, each = 4, 200
-	h := newRecorder(false)
-	s := startServer(t, Config{MaxQueueFrames: writers * each}, h)
-	cl := dial(t, s, nil)
-	c := s.nextConn(t)
-	errs := make(chan error, writers)
-	for w := range writers {
-		go func() {
-			for i := range each {
-				p := fmt.Appendf(nil, "%d:%04d:%s", w, i, bytes.Repeat([]byte{'a' + byte(w)}, 100*w))
-				if err := c.Write(AppendFrame(nil, ws.OpText, p)); err != nil {
-					errs <- err
-					return
+	for _, m := range writeMethods {
+		t.Run(m.name, func(t *testing.T) {
+			const writers, each = 4, 200
+			h := newRecorder(false)
+			s := startServer(t, Config{MaxQueueFrames: writers * each}, h)
+			cl := dial(t, s, nil)
+			c := s.nextConn(t)
+			errs := make(chan error, writers)
+			for w := range writers {
+				go func() {
+					for i := range each {
+						p := fmt.Appendf(nil, "%d:%04d:%s", w, i, bytes.Repeat([]byte{'a' + byte(w)}, 100*w))
+						if err := m.write(c, AppendFrame(nil, ws.OpText, p)); err != nil {
+							errs <- err
+							return
+						}
+					}
+					errs <- nil
+				}()
+			}
+			next := make([]int, writers)
+			for range writers * each {
+				got := cl.mustRead(ws.OpText)
+				var w, i int
+				if _, err := fmt.Sscanf(string(got[:6]), "%d:%04d", &w, &i); err != nil {
+					t.Fatalf("frame %q: %v", trim(got), err)
+				}
+				if i != next[w] || len(got) != 7+100*w {
+					t.Fatalf("writer %d frame %d (len %d), want frame %d", w, i, len(got), next[w])
+				}
+				next[w]++
+			}
+			for range writers {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
 				}
 			}
-			errs <- nil
-		}()
-	}
-	next := make([]int, writers)
-	for range writers * each {
-		got := cl.mustRead(ws.OpText)
-		var w, i int
-		if _, err := fmt.Sscanf(string(got[:6]), "%d:%04d", &w, &i); err != nil {
-			t.Fatalf("frame %q: %v", trim(got), err)
-		}
-		if i != next[w] || len(got) != 7+100*w {
-			t.Fatalf("writer %d frame %d (len %d), want frame %d", w, i, len(got), next[w])
-		}
-		next[w]++
-	}
-	for range writers {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
+		})
 	}
 }

@@ -54,7 +54,7 @@ func New(cfg Config) (*Poller, error) {
 	if err := p.start(); err != nil {
 		return nil, err
 	}
-	p.flush.start(p.cfg.Workers)
+	p.flush.start(p.cfg.Flushers)
 	go p.sweep()
 	return p, nil
 }

@@ -56,8 +56,11 @@ type Config struct {
 	PingInterval time.Duration
 	// CloseTimeout bounds the wait for a peer's close reply (default 5s).
 	CloseTimeout time.Duration
-	// Workers is the number of netpoll workers (default GOMAXPROCS).
+	// Workers is the number of netpoll read workers (default GOMAXPROCS).
 	Workers int
+	// Flushers is the number of netpoll goroutines writing fan-out to
+	// sockets (default 1: see netpoll.Config.Flushers).
+	Flushers int
 	// MaxRoomsPerConn caps the rooms one connection may join (default 64).
 	MaxRoomsPerConn int
 	// HistoryLimit caps the messages of one history reply (default 100).
@@ -141,6 +144,7 @@ func New(cfg Config) (*Node, error) {
 	var err error
 	n.poller, err = netpoll.New(netpoll.Config{
 		Workers:        cfg.Workers,
+		Flushers:       cfg.Flushers,
 		MaxMessageSize: cfg.MaxMessageSize,
 		MaxQueueBytes:  cfg.MaxQueueBytes,
 		MaxQueueFrames: cfg.MaxQueueFrames,

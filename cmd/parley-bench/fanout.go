@@ -28,6 +28,8 @@ type fanoutConfig struct {
 	size           int // payload bytes
 	drain          time.Duration
 	quiet          time.Duration // end the drain early after this long without a delivery
+	settle         time.Duration // before sending: wait until no frame arrived for this long (0: don't)
+	settleMax      time.Duration // ... but at most this long
 	connectTimeout time.Duration
 	concurrency    int
 	sources        int
@@ -46,6 +48,7 @@ type fanState struct {
 	recorders  []*latencyRecorder // one per target
 	delivered  atomic.Int64       // unique deliveries, all receivers
 	lastRecv   atomic.Int64       // unix nanos of the last delivery
+	lastFrame  atomic.Int64       // unix nanos of the last read of any frame (settling)
 	sentRoom   []atomic.Int64     // successful sends per room
 	sendErrs   atomic.Int64
 	skipped    atomic.Int64 // sends the pacer could not hand to a busy sender
@@ -219,6 +222,7 @@ func (c *fanClient) readLoop(st *fanState, pre []byte) {
 		if n > 0 {
 			now = time.Now()
 			nowNano = now.UnixNano()
+			st.lastFrame.Store(nowNano)
 			if ferr := p.feed(buf[:n], handle); ferr != nil {
 				err = ferr
 			}
@@ -518,6 +522,17 @@ func runFanout(cfg fanoutConfig) (*fanoutResult, error) {
 		case <-c.ready:
 		default:
 			_ = c.nc.Close()
+		}
+	}
+
+	// Let the joins settle: a node may announce every join to every member
+	// (Parley's member_joined), which is a burst of N² frames that would
+	// otherwise be measured as the first messages' latency. Wait until no
+	// frame arrived for cfg.settle, bounded by cfg.settleMax.
+	if cfg.settle > 0 {
+		settleEnd := time.Now().Add(cfg.settleMax)
+		for time.Now().Before(settleEnd) && time.Since(time.Unix(0, st.lastFrame.Load())) < cfg.settle {
+			time.Sleep(cfg.settle / 10)
 		}
 	}
 

@@ -63,6 +63,7 @@ type options struct {
 	sources, concurrency, perProcess          int
 	rate                                      float64
 	duration, drain, quiet, connectTimeout    time.Duration
+	joinQuiet, joinQuietMax                   time.Duration
 	settle, hold                              time.Duration
 	crossNode, jsonOut                        bool
 	record, system, scenario, results, md     string
@@ -85,6 +86,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.size, "size", 64, "fanout: payload bytes (the text of each message)")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "fanout: longest wait for outstanding deliveries after sending")
 	fs.DurationVar(&o.quiet, "quiet", 2*time.Second, "fanout: end the drain after this long without a delivery")
+	fs.DurationVar(&o.joinQuiet, "join-quiet", 500*time.Millisecond, "fanout: before sending, wait until no frame arrived for this long, so join announcements settle (0: send at once)")
+	fs.DurationVar(&o.joinQuietMax, "join-quiet-max", 15*time.Second, "fanout: the longest wait for --join-quiet")
 	fs.BoolVar(&o.crossNode, "cross-node", false, "fanout: senders on the first --url, receivers spread over all")
 	fs.IntVar(&o.conns, "conns", 2000, "connect/idle: connections (when --steps is empty)")
 	fs.StringVar(&o.steps, "steps", "", "connect/idle: cumulative connection counts to measure at, e.g. 2000,15000")
@@ -231,6 +234,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		fcfg := fanoutConfig{
 			targets: targets, proto: o.proto, roomPrefix: o.roomPrefix, clients: o.clients, rooms: o.rooms,
 			senders: o.senders, rate: o.rate, duration: o.duration, size: o.size, drain: o.drain, quiet: o.quiet,
+			settle: o.joinQuiet, settleMax: o.joinQuietMax,
 			connectTimeout: o.connectTimeout * 3, concurrency: o.concurrency, sources: o.sources,
 			crossNode: o.crossNode, probe: probe, pids: pids, progress: progress,
 		}
