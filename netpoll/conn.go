@@ -50,7 +50,7 @@ const (
 type Conn struct {
 	sys      connSys // platform part
 	p        *Poller
-	nc       net.Conn // kept so the runtime does not close the fd
+	nc       net.Conn // non-Linux only; on Linux the conn owns a dup of the fd
 	h        Handler  // set by Start before the first event
 	id       uint64
 	lastRecv atomic.Int64 // poller clock of the last received bytes
@@ -90,7 +90,7 @@ var (
 func (c *Conn) ID() uint64 { return c.id }
 
 // RemoteAddr returns the peer's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+func (c *Conn) RemoteAddr() net.Addr { return c.remoteAddr() }
 
 // Enqueue queues one complete frame (built with AppendFrame; the slice may be
 // shared with other conns and is never modified). It returns ErrQueueFull
@@ -402,7 +402,7 @@ func (c *Conn) finish() {
 	c.mu.Unlock()
 
 	c.p.remove(c, slotsRecycled)
-	if cerr := c.nc.Close(); cerr != nil {
+	if cerr := c.closeSocket(); cerr != nil {
 		c.p.log.Debug("netpoll: close socket", "conn", c.id, "err", cerr)
 	}
 	if rd := c.rd; rd != nil {

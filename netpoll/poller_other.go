@@ -207,3 +207,8 @@ func (c *Conn) inFlightLocked() int {
 	}
 	return 0
 }
+
+// closeSocket closes the conn's net.Conn.
+func (c *Conn) closeSocket() error { return c.nc.Close() }
+
+func (c *Conn) remoteAddr() net.Addr { return c.nc.RemoteAddr() }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,7 @@ type options struct {
 	historySize                 int
 	historyTTL, presenceTimeout time.Duration
 	logLevel, logFormat         string
+	gcPercent                   int
 }
 
 func register(fs *flag.FlagSet, o *options) {
@@ -66,6 +68,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: how long clients get to leave before they are cut")
 	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "after_ms hint in the reconnect frame sent on drain")
+	fs.IntVar(&o.gcPercent, "gc-percent", 50, "Go GC target (as GOGC): heap growth over the live heap before a collection; lower keeps idle connections' RSS near their live size")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 }
@@ -134,6 +137,10 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	o.cfg.Logger = log
+	if o.gcPercent <= 0 {
+		return fmt.Errorf("--gc-percent must be positive, got %d", o.gcPercent)
+	}
+	debug.SetGCPercent(o.gcPercent)
 	relay.RouteRedisLogs(log.With("part", "go-redis"))
 	if o.cfg.NodeID == "" {
 		host, _ := os.Hostname()
