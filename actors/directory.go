@@ -82,7 +82,7 @@ func (d *directory) noRoom(ctx actor.Context, op *roomOp) {
 	switch op.kind {
 	case opQuit:
 	case opLeave:
-		send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: op.room}))
+		d.s.send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: op.room}))
 	default:
 		ctx.Send(op.conn, &dropRoom{room: op.room,
 			frame: errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", op.room))})

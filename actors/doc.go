@@ -5,13 +5,13 @@
 // # Actors and what each alone owns
 //
 //   - Connection actor (conn.go), one per socket, spawned by
-//     System.Connect: its Transport (only it calls Enqueue/Flush/Close/Kick),
-//     its session (id, name, plain flag), the names of the rooms it joined and
-//     its flush-pending flag. It decodes client frames (protocol v1), answers
+//     System.Connect: its session (id, name, plain flag) and the names of the
+//     rooms it joined. It decodes client frames (protocol v1), answers
 //     errors with an error frame echoing the frame's id, and sends room
-//     operations to the directory. Messages in: *inbound, *closed, *drain
-//     (from Session/System), *Deliver and *dropRoom (from rooms), flushMsg
-//     (from itself). Supervision: Stop (a guardian with a stop decider), never
+//     operations to the directory; it alone closes its Transport on its
+//     own account (drain, binary frame). Messages in: *inbound, *closed,
+//     *drain (from Session/System), *dropRoom (from rooms). Supervision:
+//     Stop (a guardian with a stop decider), never
 //     restart: a fresh actor would not know its socket's state.
 //   - Directory (directory.go), one: the map room name -> room actor, and the
 //     number of joins forwarded to each room. Every *roomOp of every
@@ -38,8 +38,13 @@
 //     joined{recovered:false}. Resync (from the relay) and the periodic
 //     check read history after last.
 //   - Fan-out encodes a message once per flavour (JSON frame; raw text
-//     frame only if plain members exist) and sends the same *Deliver to
-//     every member.
+//     frame only if plain members exist) and queues the same bytes on every
+//     member's Transport directly (Transport.Send is safe from any
+//     goroutine: the socket's queue has its own lock in netpoll). Every
+//     frame a room sends a member (joined, replay, messages, acks, events)
+//     takes this one path, so they stay in the room's order. A mailbox hop
+//     per delivery cost a mailbox node, a scheduling goroutine and a flush
+//     message: 58 ms to reach 10,000 members, against 0.6 ms now.
 //   - Publishes leave a room in the order received, one batch in flight;
 //     each sender gets ack{id,room,seq} or error{unavailable,id}.
 //   - joined goes out only after the relay confirmed the subscription. With
@@ -49,8 +54,7 @@
 //   - An empty room reports to the directory with the joins it has seen;
 //     the directory stops it only if it forwarded no join since, so a join
 //     racing with the stop is never lost.
-//   - A connection coalesces writes: the first enqueue after a flush posts
-//     a flush message to itself; everything queued before it is processed
-//     goes out in one Flush. Enqueue returning netpoll.ErrQueueFull kicks
-//     the connection with 4008.
+//   - Writes are coalesced by netpoll's flusher: what is queued on a socket
+//     while it waits for the flusher leaves in one writev. Send returning
+//     netpoll.ErrQueueFull kicks the connection with 4008, whoever sent.
 package actors

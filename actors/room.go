@@ -64,6 +64,7 @@ func (r *room) Receive(ctx actor.Context) {
 		r.steps, fetch = r.seq.offer(msg.Message, r.steps[:0])
 		r.apply(ctx)
 		if fetch {
+			r.s.count.gapFills.Add(1)
 			r.fetch(ctx)
 		}
 	case *roomOp:
@@ -97,6 +98,7 @@ func (r *room) Receive(ctx actor.Context) {
 			r.armTimer(ctx)
 		}
 		if r.seq.check() {
+			r.s.count.checks.Add(1)
 			r.fetch(ctx)
 		}
 	case *relay.Subscribed:
@@ -147,10 +149,10 @@ func (r *room) subscribed(ctx actor.Context, msg *relay.Subscribed) {
 				ctx.Send(op.conn, &dropRoom{room: r.name,
 					frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable: try again", r.name))})
 			case opLeave:
-				send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
+				r.s.send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 			case opQuit:
 			default:
-				send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable", r.name)))
+				r.s.send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable", r.name)))
 			}
 		}
 		r.checkEmpty(ctx)
@@ -185,14 +187,14 @@ func (r *room) op(ctx actor.Context, op *roomOp) {
 			r.remove(ctx, i, true)
 		}
 		if op.kind == opLeave {
-			send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
+			r.s.send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 		}
 		r.checkEmpty(ctx)
 		return
 	}
 	i, ok := r.index[op.conn.Id]
 	if !ok {
-		send(op.t, errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
+		r.s.send(op.t, errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
 		return
 	}
 	m := r.members[i]
@@ -227,14 +229,14 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		r.runPresence(ctx)
 	}
 	if m.plain {
-		send(m.t, netpoll.TextFrame([]byte("connected to node "+r.s.cfg.NodeID)))
+		r.s.send(m.t, netpoll.TextFrame([]byte("connected to node "+r.s.cfg.NodeID)))
 		return
 	}
 	if op.since == nil {
 		if m.replaying {
 			m.replaying, m.buffered = false, nil
 		}
-		send(m.t, r.joinedFrame(true))
+		r.s.send(m.t, r.joinedFrame(true))
 		return
 	}
 	// Replay: hold live frames for m until history is read.
@@ -263,7 +265,7 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 	recovered := d.err == nil && d.gen == r.gen && res.Position.Epoch == r.seq.epoch &&
 		(d.epoch == "" || d.epoch == r.seq.epoch) && d.since <= r.seq.last &&
 		(res.Earliest == 0 && res.Position.Seq == d.since || res.Earliest != 0 && res.Earliest <= d.since+1)
-	send(m.t, r.joinedFrame(recovered))
+	r.s.send(m.t, r.joinedFrame(recovered))
 	if !recovered {
 		// Nothing at or below last is promised: drop what was held.
 		return
@@ -273,14 +275,14 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		if hm.Seq < next || hm.Seq > r.seq.last {
 			continue
 		}
-		send(m.t, messageFrame(hm))
+		r.s.send(m.t, messageFrame(hm))
 		next = hm.Seq + 1
 	}
 	for _, h := range buffered {
 		if h.seq < next {
 			continue
 		}
-		send(m.t, h.frame)
+		r.s.send(m.t, h.frame)
 		next = h.seq + 1
 	}
 }
@@ -328,6 +330,7 @@ func (r *room) checkEmpty(ctx actor.Context) {
 func (r *room) apply(ctx actor.Context) {
 	for _, st := range r.steps {
 		if st.kind == stepReset {
+			r.s.count.resets.Add(1)
 			r.gen++
 			f := frameOf(protocol.Joined{Type: protocol.TypeJoined, Room: r.name, Seq: st.msg.Seq,
 				Epoch: st.msg.Epoch, Recovered: false})
@@ -339,7 +342,7 @@ func (r *room) apply(ctx actor.Context) {
 					m.buffered = nil // its replay is void (gen changed)
 					continue
 				}
-				send(m.t, f)
+				r.s.send(m.t, f)
 			}
 			continue
 		}
@@ -354,14 +357,15 @@ func (r *room) fanout(ctx actor.Context, msg relay.Message) {
 	if r.plains > 0 {
 		pf = netpoll.TextFrame([]byte(msg.Text))
 	}
+	r.s.count.deliveries.Add(uint64(len(r.members)))
 	for _, m := range r.members {
 		switch {
 		case m.plain:
-			send(m.t, pf)
+			r.s.send(m.t, pf)
 		case m.replaying:
 			m.buffered = append(m.buffered, heldFrame{seq: msg.Seq, frame: jf})
 		default:
-			send(m.t, jf)
+			r.s.send(m.t, jf)
 		}
 	}
 }
@@ -437,18 +441,19 @@ func (r *room) published(ctx actor.Context, d *publishDone) {
 	for i, op := range d.batch {
 		res := d.results[i]
 		if res.err != nil {
+			r.s.count.pubErrors.Add(1)
 			if !errors.Is(res.err, relay.ErrUnavailable) {
 				r.s.log.Warn("room: publish failed", "room", r.name, "err", res.err)
 			}
 			if op.plain {
-				send(op.t, netpoll.TextFrame([]byte("error: message not sent: bus unavailable")))
+				r.s.send(op.t, netpoll.TextFrame([]byte("error: message not sent: bus unavailable")))
 			} else {
-				send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent: bus unavailable")))
+				r.s.send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent: bus unavailable")))
 			}
 			continue
 		}
 		if !op.plain {
-			send(op.t, frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq}))
+			r.s.send(op.t, frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq}))
 		}
 	}
 	r.runPublish(ctx)
@@ -493,7 +498,7 @@ func (r *room) presenceEvent(ctx actor.Context, e relay.PresenceEvent) {
 		if m.plain || m.session == e.Member.Session {
 			continue
 		}
-		send(m.t, f)
+		r.s.send(m.t, f)
 	}
 }
 
@@ -513,14 +518,14 @@ func (r *room) history(ctx actor.Context, op *roomOp) {
 		defer cancel()
 		res, err := b.History(cctx, room, req)
 		if err != nil {
-			send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "history unavailable")))
+			r.s.send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "history unavailable")))
 			return
 		}
 		out := protocol.History{Type: protocol.TypeHistory, Room: room, Messages: make([]protocol.Message, len(res.Messages))}
 		for i, m := range res.Messages {
 			out.Messages[i] = protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS}
 		}
-		send(t, frameOf(out))
+		r.s.send(t, frameOf(out))
 	})
 }
 
@@ -531,14 +536,14 @@ func (r *room) presence(ctx actor.Context, op *roomOp) {
 		defer cancel()
 		list, err := b.Presence(cctx, room)
 		if err != nil {
-			send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "presence unavailable")))
+			r.s.send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "presence unavailable")))
 			return
 		}
 		out := protocol.Presence{Type: protocol.TypePresence, Room: room, Members: make([]protocol.Member, len(list))}
 		for i, m := range list {
 			out.Members[i] = protocol.Member{Name: m.Name, Node: m.Node}
 		}
-		send(t, frameOf(out))
+		r.s.send(t, frameOf(out))
 	})
 }
 
@@ -552,8 +557,9 @@ type heldFrame struct {
 // socket's queue has its own lock). A queue over its cap kicks the member
 // as a slow consumer; its actor then stops and the room drops it. A closed
 // socket drops the frame: its actor is already on its way out.
-func send(t Transport, frame []byte) {
+func (s *System) send(t Transport, frame []byte) {
 	if err := t.Send(frame); errors.Is(err, netpoll.ErrQueueFull) {
+		s.count.slowKicks.Add(1)
 		t.Kick(closeSlowConsumer, "slow consumer")
 	}
 }

@@ -75,6 +75,18 @@ type Stats struct {
 	Connections int         `json:"connections"`
 	Rooms       int         `json:"rooms"`
 	Broker      relay.Stats `json:"broker"`
+	// Room counters since start, summed over rooms.
+	Deliveries uint64 `json:"deliveries"` // message frames queued on members' sockets
+	GapFills   uint64 `json:"gap_fills"`  // history reads for a gap in the live stream
+	Checks     uint64 `json:"checks"`     // history reads for a resync or periodic position check
+	Resets     uint64 `json:"resets"`     // resync notices (epoch change or history lost)
+	SlowKicks  uint64 `json:"slow_kicks"` // members closed with 4008
+	PubErrors  uint64 `json:"pub_errors"` // sends answered with "unavailable"
+}
+
+// counters are the room counters behind Stats; rooms add to them.
+type counters struct {
+	deliveries, gapFills, checks, resets, slowKicks, pubErrors atomic.Uint64
 }
 
 // System is one node's actor system: the relay actor, the directory with
@@ -90,6 +102,7 @@ type System struct {
 	prefix    string // session id prefix: node id + random per process
 	nextID    atomic.Uint64
 	rooms     atomic.Int64 // written by the directory
+	count     counters
 	tasks     sync.WaitGroup
 	closing   atomic.Bool
 
@@ -254,7 +267,10 @@ func (s *System) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
-	return Stats{Connections: n, Rooms: int(s.rooms.Load()), Broker: s.cfg.Broker.Stats()}
+	c := &s.count
+	return Stats{Connections: n, Rooms: int(s.rooms.Load()), Broker: s.cfg.Broker.Stats(),
+		Deliveries: c.deliveries.Load(), GapFills: c.gapFills.Load(), Checks: c.checks.Load(),
+		Resets: c.resets.Load(), SlowKicks: c.slowKicks.Load(), PubErrors: c.pubErrors.Load()}
 }
 
 // Shutdown stops all actors (connections first, then rooms, then the

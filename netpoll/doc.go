@@ -13,6 +13,13 @@
 //     the conn's Assembler, answers pings, calls Handler.HandleMessage and,
 //     at the end of the conn, closes the socket and calls Handler.HandleClose.
 //     It gives the token back by re-arming the fd.
+//   - Flushers (Config.Flushers, default 1) write what Send queued: Send
+//     appends a frame under Conn.mu and, if the conn is not listed yet,
+//     lists it; a flusher takes listed conns in chunks and writes each
+//     queue in one writev. Frames that pile up behind a conn while the
+//     flusher works through a fan-out leave together, so one flusher
+//     coalesces more than several (BENCHMARKS.md). Fan-out never writes
+//     on the room's goroutine.
 //   - The sweeper (one per Poller, no timer per conn) pings silent conns,
 //     closes dead ones with 1001 "ping timeout", and aborts closing conns
 //     whose CloseTimeout passed. It alone owns Conn.pingAt.
@@ -27,7 +34,8 @@
 //     the closed flag.
 //   - Conn.mu guards the conn's flags, its outbound queue, its close state and
 //     every write to the socket: there is one writer at a time, whoever holds
-//     Conn.mu (Write/Flush callers, a worker on EPOLLOUT, the sweeper).
+//     Conn.mu (Write/Flush callers, a flusher, a worker on EPOLLOUT, the
+//     sweeper).
 //     Writes never block: writev takes what the socket takes, the rest waits
 //     for EPOLLOUT and a worker continues it.
 //   - Conn.rd (the Assembler and the upgrade leftovers) belongs to the read
@@ -57,9 +65,12 @@
 // The fd is never closed while it can be used: only the read token holder
 // finishes a conn, and it first marks it finished under Conn.mu (so no writer
 // touches the fd again), removes it from epoll (EPOLL_CTL_DEL), removes it
-// from the table, and only then closes it through its net.Conn (the fd is
-// obtained with SyscallConn().Control, never dup'ed, so closing the net.Conn
-// closes the only copy and the runtime forgets it). A stale event for a
+// from the table, and only then closes it. On Linux, Add keeps a duplicate
+// of the upgraded socket's fd and closes the net.Conn at once: the runtime's
+// netFD, poll descriptor and addresses are freed (about 0.4 KiB per idle
+// connection) and the dup, the only fd ever registered with our epoll set,
+// is the socket's last reference (the fallback keeps the net.Conn). A stale
+// event for a
 // reused fd number is recognised by the conn id stored in the epoll data.
 // Abort shuts the socket down, which makes epoll report it, so the conn is
 // finished by a worker; HandleClose therefore runs on a worker, except for

@@ -430,3 +430,43 @@ func TestRedisClusterDelivery(t *testing.T) {
 		}
 	}
 }
+
+// TestReadyzReportsBusDown: with Redis gone the node stays ready (clients
+// keep their connections) and says the bus is down; it recovers alone.
+func TestReadyzReportsBusDown(t *testing.T) {
+	r := redistest.Start(t)
+	n := redisNode(t, "f1", relay.RedisConfig{URL: r.URL(), DialTimeout: 300 * time.Millisecond})
+	c := dial(t, n, "/ws")
+	c.await("welcome")
+	c.joinRoom("up")
+	readyz := func(want string) func() error {
+		return func() error {
+			code, body := httpGet(t, n.Addr(), "/readyz")
+			if code != 200 || !strings.Contains(body, want) {
+				return fmt.Errorf("readyz %d %q, want 200 containing %q", code, body, want)
+			}
+			return nil
+		}
+	}
+	eventually(t, 5*time.Second, readyz("ready\n"))
+	r.Kill()
+	eventually(t, 10*time.Second, readyz("bus down"))
+	c.send(map[string]any{"type": "send", "room": "up", "text": "lost?", "id": "d1"})
+	if e := c.await("error"); e["code"] != "unavailable" || e["id"] != "d1" {
+		t.Fatalf("send while down: %v", e)
+	}
+	r.Start(t)
+	eventually(t, 15*time.Second, readyz("ready\n"))
+	eventually(t, 10*time.Second, func() error {
+		c.send(map[string]any{"type": "send", "room": "up", "text": "back", "id": "d2"})
+		for {
+			m := c.nextJSON()
+			if m["id"] == "d2" && m["type"] == "ack" {
+				return nil
+			}
+			if m["id"] == "d2" && m["type"] == "error" {
+				return fmt.Errorf("still failing: %v", m)
+			}
+		}
+	})
+}

@@ -47,6 +47,11 @@ func (n *Node) publicMux() http.Handler {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
+		if !n.broker.Stats().Up {
+			// Still ready (see ready); the body says what is wrong.
+			w.Write([]byte("ready; bus down: sends fail with \"unavailable\" until it returns\n"))
+			return
+		}
 		w.Write([]byte("ready\n"))
 	})
 	return mux

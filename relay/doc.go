@@ -17,6 +17,13 @@
 //     and its result comes back to the actor as a message. At most one
 //     subscribe/unsubscribe call is in flight per room, so calls for one room
 //     reach the broker in the order the actor decided them.
+//   - The Redis broker's goroutines: one receive loop per subscriber
+//     connection (one on a single server or Sentinel, one per hash slot in
+//     use on a Cluster: sharded pub/sub cannot mix slots on one
+//     connection), and one keeper that probes Redis, heartbeats this node
+//     and reaps dead nodes' presence. Each receive loop alone reads its
+//     PubSub and never blocks on the Handler. The doc comment on type Redis
+//     lists what each goroutine owns.
 //   - The Handler the relay installs on the Broker only posts to the relay
 //     actor's mailbox; it runs on the broker's goroutines.
 //
