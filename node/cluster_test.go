@@ -1,9 +1,9 @@
 package node
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -294,9 +294,13 @@ func TestClusterSurvivesBusFaults(t *testing.T) {
 	}
 }
 
+// binDir holds the node binary built for this test run; TestMain removes it.
+var binDir string
+
 // buildParley builds the node binary once per test binary run.
 var buildParley = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "parley-bin-")
+	binDir = dir
 	if err != nil {
 		return "", err
 	}
@@ -308,46 +312,49 @@ var buildParley = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// startProcess runs the node binary with args and returns its public
-// address once it serves.
-func startProcess(t *testing.T, args ...string) (*exec.Cmd, string) {
+// process is a node binary running for a test.
+type process struct {
+	cmd    *exec.Cmd
+	addr   string        // its public listener
+	exited chan struct{} // closed once it exited; err is then set
+	err    error
+}
+
+// startProcess runs the node binary with args and returns once it serves.
+// It is killed (SIGKILL) when the test ends, if still running.
+func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
 	bin, err := buildParley()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	p := &process{addr: ln.Addr().String(), exited: make(chan struct{})}
 	ln.Close()
-	cmd := exec.Command(bin, append([]string{"--listen", addr, "--admin", "-"}, args...)...)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
+	p.cmd = exec.Command(bin, append([]string{"--listen", p.addr, "--admin", "-"}, args...)...)
+	p.cmd.Stderr = io.Discard // copied by a goroutine that Wait ends
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	drained := make(chan struct{})
-	go func() { // keep the pipe drained so the process never blocks on logging
-		defer close(drained)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-		}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
 	}()
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
-		<-drained
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.exited
 	})
 	eventually(t, 10*time.Second, func() error {
-		c, err := net.Dial("tcp", addr)
+		c, err := net.Dial("tcp", p.addr)
 		if err == nil {
 			c.Close()
 		}
 		return err
 	})
-	return cmd, addr
+	return p
 }
 
 // TestClusterNodeDeathLeavesPresence: kill -9 a node process; its member
@@ -356,13 +363,13 @@ func TestClusterNodeDeathLeavesPresence(t *testing.T) {
 	r := redistest.Start(t)
 	const timeout = 2 * time.Second
 	n1 := redisNode(t, "d1", relay.RedisConfig{URL: r.URL(), PresenceTimeout: timeout})
-	proc, addr := startProcess(t, "--node-id", "d2", "--redis", r.URL(), "--presence-timeout", timeout.String())
+	proc := startProcess(t, "--node-id", "d2", "--redis", r.URL(), "--presence-timeout", timeout.String())
 
 	watcher := dial(t, n1, "/ws?name=watcher")
 	watcher.await("welcome")
 	watcher.joinRoom("pres")
 
-	victim := dialURL(t, "ws://"+addr+"/ws?name=victim")
+	victim := dialURL(t, "ws://"+proc.addr+"/ws?name=victim")
 	victim.await("welcome")
 	victim.joinRoom("pres")
 	if e := watcher.await("member_joined"); e["name"] != "victim" || e["node"] != "d2" {
@@ -374,7 +381,7 @@ func TestClusterNodeDeathLeavesPresence(t *testing.T) {
 	}
 
 	killed := time.Now()
-	proc.Process.Signal(syscall.SIGKILL)
+	proc.cmd.Process.Signal(syscall.SIGKILL)
 	left := watcher.await("member_left")
 	if left["name"] != "victim" {
 		t.Fatalf("member_left %v", left)

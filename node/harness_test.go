@@ -115,6 +115,9 @@ func (c *client) readLoop(r io.Reader) {
 			if len(payload) >= 2 {
 				code = ws.StatusCode(binary.BigEndian.Uint16(payload))
 			}
+			// Answer like a browser: echo the close, then hang up.
+			c.conn.Write(frame(0x88, payload[:min(len(payload), 2)]))
+			c.conn.Close()
 			c.events <- event{closed: true, closeCode: code}
 			return
 		}

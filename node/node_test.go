@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -21,10 +22,19 @@ import (
 
 func TestMain(m *testing.M) {
 	relay.RouteRedisLogs(nil) // go-redis logs reconnect attempts to stderr by default
-	// protoactor's dead-letter log throttle parks a goroutine for its
-	// throttle interval (1s) after a dead letter; it ends on its own.
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	if code == 0 {
+		// protoactor's dead-letter log throttle parks a goroutine for its
+		// throttle interval (1s) after a dead letter; it ends on its own.
+		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1")); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func TestHTTPEndpoints(t *testing.T) {
