@@ -21,21 +21,10 @@ go build -o bin/parley-bench ./cmd/parley-bench
 go build -o bin/parley ./cmd/parley
 pb=bin/parley-bench
 
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 pids=()
-cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${pids[@]}"; do
-		for _ in $(seq 1 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-	done
-}
-trap cleanup EXIT
+trap stop_pids EXIT
 trap 'exit 130' INT TERM
 
 wait_port() {

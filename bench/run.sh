@@ -76,20 +76,11 @@ if [[ ! -d bench/baseline-node/node_modules/ws || ! -d bench/baseline-node/node_
 	(cd bench/baseline-node && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 pids=()
 stop_started() {
-	local pid
-	for pid in "${pids[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${pids[@]}"; do
-		# Bounded wait (5 s) for each to go, then SIGKILL.
-		for _ in $(seq 1 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-	done
+	stop_pids
 	pids=()
 }
 trap stop_started EXIT

@@ -107,8 +107,10 @@ func (c *Config) setDefaults() {
 // hands them to the epoll loop (netpoll) and the actors, plus an admin
 // listener. Create it with New, start it with Start, stop it with Shutdown.
 //
-// Goroutines: the public and admin http.Servers (one goroutine each plus a
-// short-lived one per HTTP request or handshake), and what netpoll, the
+// Goroutines: the public accept loop and a short-lived one per accepted
+// connection until its handshake is done or it is handed to the public
+// http.Server (upgrade.go), the public and admin http.Servers (one goroutine
+// each plus one per HTTP connection), and what netpoll, the
 // actors and the broker own. A Node's own fields are set by New and Start
 // and read-only afterwards, except draining (atomic).
 type Node struct {
@@ -121,6 +123,16 @@ type Node struct {
 	pub, admin     *http.Server
 	pubLn, adminLn net.Listener
 	serveWG        sync.WaitGroup
+
+	// The accept path (upgrade.go): pubCh feeds pub the connections that are
+	// not upgrades; hsConns are the connections still in their handshake.
+	pubCh      *chanListener
+	acceptDone chan struct{}
+	peekSize   int
+	hsMu       sync.Mutex
+	hsConns    map[net.Conn]struct{}
+	hsClosed   bool
+	hsWG       sync.WaitGroup
 
 	draining atomic.Bool
 	started  time.Time
@@ -173,7 +185,10 @@ func New(cfg Config) (*Node, error) {
 // listeners are open.
 func (n *Node) Start() error {
 	var err error
-	n.pubLn, err = net.Listen("tcp", n.cfg.Listen)
+	// No TCP keepalive on accepted sockets: the ping sweeper already finds
+	// dead peers, and the two setsockopt calls per accept cost connect rate.
+	lc := net.ListenConfig{KeepAlive: -1}
+	n.pubLn, err = lc.Listen(context.Background(), "tcp", n.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("node: listen %s: %w", n.cfg.Listen, err)
 	}
@@ -194,7 +209,12 @@ func (n *Node) Start() error {
 		n.serve(n.admin, n.adminLn)
 	}
 	n.started = time.Now()
-	n.serve(n.pub, n.pubLn)
+	n.peekSize = max(16, min(n.cfg.MaxHeaderBytes, maxPeek))
+	n.hsConns = make(map[net.Conn]struct{})
+	n.acceptDone = make(chan struct{})
+	n.pubCh = newChanListener(n.pubLn.Addr())
+	n.serve(n.pub, n.pubCh)
+	go n.acceptLoop()
 	n.log.Info("node listening", "addr", n.pubLn.Addr().String(), "admin", n.AdminAddr())
 	return nil
 }
@@ -258,6 +278,7 @@ cut:
 	// Stop accepting HTTP; handshakes in flight are refused by draining.
 	hctx, hcancel := context.WithTimeout(context.Background(), time.Second)
 	defer hcancel()
+	n.stopHandshakes()
 	if err := n.pub.Shutdown(hctx); err != nil {
 		errs = append(errs, fmt.Errorf("node: public listener: %w", err))
 	}
@@ -305,28 +326,14 @@ func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
 	}
 	// The handshake deadline must not outlive the handshake.
 	_ = nc.SetDeadline(time.Time{})
-	var buffered []byte
+	// A connection that came through the accept path may still hold bytes
+	// it has not replayed to net/http.
+	nc, buffered := unwrapConn(nc)
 	if k := rw.Reader.Buffered(); k > 0 {
 		p, _ := rw.Reader.Peek(k)
-		buffered = append([]byte(nil), p...)
+		buffered = append(append([]byte(nil), p...), buffered...)
 	}
-	c, err := n.poller.Add(nc, buffered)
-	if err != nil {
-		n.log.Warn("netpoll add failed", "err", err)
-		nc.Close()
-		return
-	}
-	sess, err := n.sys.Connect(c, actors.ConnInfo{Name: name, Plain: plain, Remote: r.RemoteAddr})
-	if err != nil {
-		n.log.Warn("connect failed", "err", err)
-		c.Abort(err)
-		return
-	}
-	if err := c.Start(sessionHandler{sess}); err != nil {
-		n.log.Warn("netpoll start failed", "err", err)
-		sess.HandleClose(err)
-		c.Abort(err)
-	}
+	n.register(nc, buffered, name, plain)
 }
 
 // sessionHandler adapts a connection actor's session to netpoll's Handler.
