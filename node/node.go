@@ -265,15 +265,15 @@ func (n *Node) shutdown(ctx context.Context) error {
 	n.sys.Drain("shutdown", n.cfg.ReconnectAfter)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+wait:
 	for n.poller.Len() > 0 {
 		select {
 		case <-ctx.Done():
 			n.log.Warn("grace period over, cutting remaining connections", "connections", n.poller.Len())
-			goto cut
+			break wait
 		case <-tick.C:
 		}
 	}
-cut:
 	var errs []error
 	// Stop accepting HTTP; handshakes in flight are refused by draining.
 	hctx, hcancel := context.WithTimeout(context.Background(), time.Second)
