@@ -27,6 +27,9 @@ type Config struct {
 	// more flushers write sooner but in smaller, costlier writes
 	// (BENCHMARKS.md).
 	Flushers int
+	// FlushDelay is a batching window: a flusher woken by Send waits this
+	// long before writing, so more frames leave per writev (0: none).
+	FlushDelay time.Duration
 	// MaxMessageSize caps one data message in bytes, fragments summed
 	// (0: 64 KiB). A frame that would exceed it is answered with close 1009
 	// before its declared length is allocated.
@@ -52,6 +55,8 @@ func (cfg Config) normalize() (Config, error) {
 	switch {
 	case cfg.Workers < 0:
 		return cfg, fmt.Errorf("netpoll: config: Workers %d < 0", cfg.Workers)
+	case cfg.FlushDelay < 0:
+		return cfg, fmt.Errorf("netpoll: config: FlushDelay %v < 0", cfg.FlushDelay)
 	case cfg.Flushers < 0:
 		return cfg, fmt.Errorf("netpoll: config: Flushers %d < 0", cfg.Flushers)
 	case cfg.MaxMessageSize < 0:

@@ -23,6 +23,8 @@ func TestConfigValidation(t *testing.T) {
 		{name: "zero", cfg: Config{}},
 		{name: "pings disabled", cfg: Config{PingInterval: -1}},
 		{name: "negative workers", cfg: Config{Workers: -1}, wantErr: true},
+		{name: "negative flushers", cfg: Config{Flushers: -1}, wantErr: true},
+		{name: "negative flush delay", cfg: Config{FlushDelay: -time.Millisecond}, wantErr: true},
 		{name: "negative message size", cfg: Config{MaxMessageSize: -1}, wantErr: true},
 		{name: "negative queue bytes", cfg: Config{MaxQueueBytes: -1}, wantErr: true},
 		{name: "negative queue frames", cfg: Config{MaxQueueFrames: -1}, wantErr: true},
@@ -633,5 +635,25 @@ func TestConcurrentWritersDoNotInterleave(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSendWithFlushDelay: with a batching window every frame still arrives,
+// in order.
+func TestSendWithFlushDelay(t *testing.T) {
+	h := newRecorder(false)
+	s := startServer(t, Config{FlushDelay: 20 * time.Millisecond}, h)
+	cl := dial(t, s, nil)
+	c := s.nextConn(t)
+	const frames = 100
+	for i := range frames {
+		if err := c.Send(AppendFrame(nil, ws.OpText, fmt.Appendf(nil, "%03d", i))); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	for i := range frames {
+		if got, want := string(cl.mustRead(ws.OpText)), fmt.Sprintf("%03d", i); got != want {
+			t.Fatalf("frame %d is %q, want %q", i, got, want)
+		}
 	}
 }

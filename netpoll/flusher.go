@@ -1,6 +1,9 @@
 package netpoll
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // flushChunk is how many conns one flusher takes from the queue at a time;
 // what is left wakes another flusher, so all of them share a fan-out.
@@ -21,6 +24,7 @@ type flusher struct {
 	wake  chan struct{} // capacity 1: "the queue may be non-empty"
 	stop  chan struct{}
 	done  sync.WaitGroup
+	delay time.Duration // batching window after a wake-up (Config.FlushDelay)
 }
 
 func (f *flusher) start(n int) {
@@ -61,6 +65,11 @@ func (f *flusher) run() {
 		case <-f.stop:
 			return
 		case <-f.wake:
+		}
+		if f.delay > 0 {
+			// A batching window, not synchronisation: let more frames pile
+			// up behind each listed socket before writing.
+			time.Sleep(f.delay)
 		}
 		for {
 			f.mu.Lock()

@@ -54,6 +54,7 @@ func New(cfg Config) (*Poller, error) {
 	if err := p.start(); err != nil {
 		return nil, err
 	}
+	p.flush.delay = p.cfg.FlushDelay
 	p.flush.start(p.cfg.Flushers)
 	go p.sweep()
 	return p, nil

@@ -61,6 +61,9 @@ type Config struct {
 	// Flushers is the number of netpoll goroutines writing fan-out to
 	// sockets (default 1: see netpoll.Config.Flushers).
 	Flushers int
+	// FlushDelay is netpoll's batching window before writing fan-out
+	// (default 0: write at once; see netpoll.Config.FlushDelay).
+	FlushDelay time.Duration
 	// MaxRoomsPerConn caps the rooms one connection may join (default 64).
 	MaxRoomsPerConn int
 	// HistoryLimit caps the messages of one history reply (default 100).
@@ -157,6 +160,7 @@ func New(cfg Config) (*Node, error) {
 	n.poller, err = netpoll.New(netpoll.Config{
 		Workers:        cfg.Workers,
 		Flushers:       cfg.Flushers,
+		FlushDelay:     cfg.FlushDelay,
 		MaxMessageSize: cfg.MaxMessageSize,
 		MaxQueueBytes:  cfg.MaxQueueBytes,
 		MaxQueueFrames: cfg.MaxQueueFrames,

@@ -64,6 +64,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.DurationVar(&c.CloseTimeout, "close-timeout", 5*time.Second, "how long to wait for a peer's close reply")
 	fs.IntVar(&c.Workers, "workers", 0, "netpoll read worker goroutines (0: GOMAXPROCS)")
 	fs.IntVar(&c.Flushers, "flushers", 1, "netpoll goroutines writing fan-out to sockets; one coalesces best")
+	fs.DurationVar(&c.FlushDelay, "flush-delay", 0, "batching window before netpoll writes fan-out: more frames per write, that much more latency")
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", 64, "rooms one connection may join")
 	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: how long clients get to leave before they are cut")
