@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -79,7 +80,7 @@ func TestJoinSendHistoryPresenceLeave(t *testing.T) {
 	}
 	for _, c := range []*client{a, b} {
 		seqs, texts := c.messages(5)
-		if !equalU(seqs, seqRange(1, 5)) || texts[0] != "m1" {
+		if !slices.Equal(seqs, seqRange(1, 5)) || texts[0] != "m1" {
 			t.Fatalf("messages %v %v", seqs, texts)
 		}
 	}
@@ -132,7 +133,7 @@ func TestFanoutOrderConcurrentSenders(t *testing.T) {
 	wg.Wait()
 	for _, c := range cs {
 		seqs, _ := c.messages(senders * per)
-		if !equalU(seqs, seqRange(1, senders*per)) {
+		if !slices.Equal(seqs, seqRange(1, senders*per)) {
 			t.Fatalf("member saw %v", seqs)
 		}
 	}
@@ -256,7 +257,7 @@ func TestGapDuplicateAndResync(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		a.send(`{"type":"send","room":"r","text":"x"}`)
 	}
-	if seqs, _ := a.messages(4); !equalU(seqs, seqRange(1, 4)) {
+	if seqs, _ := a.messages(4); !slices.Equal(seqs, seqRange(1, 4)) {
 		t.Fatalf("gap/dup: %v", seqs)
 	}
 	// Drop seq 5 with nothing after it: only a resync finds it.
@@ -361,7 +362,7 @@ func TestJoinSinceReplay(t *testing.T) {
 				t.Fatalf("joined %v, want seq %d", j, last)
 			}
 			if tt.replay != nil {
-				if seqs, _ := c.messages(len(tt.replay(last))); !equalU(seqs, tt.replay(last)) {
+				if seqs, _ := c.messages(len(tt.replay(last))); !slices.Equal(seqs, tt.replay(last)) {
 					t.Fatalf("replay %v", seqs)
 				}
 			}
@@ -400,7 +401,7 @@ func TestJoinSinceSeamUnderLoad(t *testing.T) {
 		t.Fatalf("joined %v", j)
 	}
 	<-done
-	if seqs, _ := c.messages(total - 10); !equalU(seqs, seqRange(11, total)) {
+	if seqs, _ := c.messages(total - 10); !slices.Equal(seqs, seqRange(11, total)) {
 		t.Fatalf("seam: got %d msgs, first %v", len(seqs), seqs[:5])
 	}
 }

@@ -248,15 +248,3 @@ func seqRange(lo, hi uint64) []uint64 {
 	}
 	return out
 }
-
-func equalU(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}

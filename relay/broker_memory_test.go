@@ -3,36 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 )
-
-// memRecorder is a Handler that records what the broker delivers.
-type memRecorder struct {
-	mu       sync.Mutex
-	msgs     []Message
-	presence []PresenceEvent
-	resyncs  int
-	states   []error
-}
-
-func (r *memRecorder) HandleMessage(m Message) {
-	r.mu.Lock()
-	r.msgs = append(r.msgs, m)
-	r.mu.Unlock()
-}
-func (r *memRecorder) HandlePresence(e PresenceEvent) {
-	r.mu.Lock()
-	r.presence = append(r.presence, e)
-	r.mu.Unlock()
-}
-func (r *memRecorder) HandleResync() { r.mu.Lock(); r.resyncs++; r.mu.Unlock() }
-func (r *memRecorder) HandleState(err error) {
-	r.mu.Lock()
-	r.states = append(r.states, err)
-	r.mu.Unlock()
-}
 
 func memPublishN(t *testing.T, b *Memory, room string, n int) {
 	t.Helper()
@@ -49,18 +24,6 @@ func seqs(ms []Message) []uint64 {
 		out[i] = m.Seq
 	}
 	return out
-}
-
-func eqSeqs(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func span(lo, hi uint64) []uint64 {
@@ -97,7 +60,7 @@ func TestMemoryHistory(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := seqs(res.Messages); !eqSeqs(got, tt.want) {
+			if got := seqs(res.Messages); !slices.Equal(got, tt.want) {
 				t.Fatalf("seqs = %v, want %v", got, tt.want)
 			}
 			if res.Earliest != tt.earliest || res.Position.Seq != 15 || res.Position.Epoch == "" {
@@ -132,14 +95,14 @@ func TestMemoryEpochResetAfterTTL(t *testing.T) {
 		t.Fatalf("after TTL: want seq 1 in a new epoch, got %v (old %v)", p3, p1)
 	}
 	res, _ := b.History(context.Background(), "r", HistoryRequest{})
-	if !eqSeqs(seqs(res.Messages), []uint64{1}) || res.Messages[0].Epoch != p3.Epoch {
+	if !slices.Equal(seqs(res.Messages), []uint64{1}) || res.Messages[0].Epoch != p3.Epoch {
 		t.Fatalf("history after reset: %+v", res)
 	}
 }
 
 func TestMemoryDeliveryAndHooks(t *testing.T) {
 	b := NewMemory(MemoryConfig{})
-	rec := &memRecorder{}
+	rec := &rdsRecorder{}
 	b.SetHandler(rec)
 	memPublishN(t, b, "r", 1) // not subscribed: not delivered
 	pos, err := b.Subscribe(context.Background(), "r")
@@ -156,7 +119,7 @@ func TestMemoryDeliveryAndHooks(t *testing.T) {
 		return 1
 	})
 	memPublishN(t, b, "r", 4) // 2, (3 dropped), 4, 4, 5
-	if got := seqs(rec.msgs); !eqSeqs(got, []uint64{2, 4, 4, 5}) {
+	if got := seqs(rec.msgs); !slices.Equal(got, []uint64{2, 4, 4, 5}) {
 		t.Fatalf("delivered %v", got)
 	}
 	b.SetDeliveryFilter(nil)
@@ -186,7 +149,7 @@ func TestMemoryDeliveryAndHooks(t *testing.T) {
 
 func TestMemoryPresence(t *testing.T) {
 	b := NewMemory(MemoryConfig{})
-	rec := &memRecorder{}
+	rec := &rdsRecorder{}
 	b.SetHandler(rec)
 	ctx := context.Background()
 	if _, err := b.Subscribe(ctx, "r"); err != nil {
@@ -222,10 +185,10 @@ func TestMemoryPresence(t *testing.T) {
 		for _, m := range list {
 			names = append(names, m.Name)
 		}
-		if len(names) != len(st.want) || (len(names) > 0 && names[0] != st.want[0]) || len(rec.presence) != st.evts {
-			t.Fatalf("step %d: names %v want %v, events %d want %d", i, names, st.want, len(rec.presence), st.evts)
+		if len(names) != len(st.want) || (len(names) > 0 && names[0] != st.want[0]) || len(rec.pres) != st.evts {
+			t.Fatalf("step %d: names %v want %v, events %d want %d", i, names, st.want, len(rec.pres), st.evts)
 		}
-		if e := rec.presence[len(rec.presence)-1]; e.Joined != st.add && st.evts == i+1 {
+		if e := rec.pres[len(rec.pres)-1]; e.Joined != st.add && st.evts == i+1 {
 			t.Fatalf("step %d: event %+v", i, e)
 		}
 	}
