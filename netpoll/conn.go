@@ -128,6 +128,21 @@ func (c *Conn) Flush() {
 	c.mu.Unlock()
 }
 
+// setHandlerLocked checks that the conn can be started and records h; the
+// platform's Start then registers it.
+func (c *Conn) setHandlerLocked(h Handler) error {
+	switch {
+	case h == nil:
+		return errors.New("netpoll: start: nil handler")
+	case c.flags&fFinished != 0:
+		return ErrClosed
+	case c.flags&fStarted != 0:
+		return errors.New("netpoll: start: already started")
+	}
+	c.h = h
+	return nil
+}
+
 // Close closes the conn gracefully: queued frames go first, then a close
 // frame with code and reason (no payload if code is 0 or not valid on the
 // wire, like 1005), then the conn

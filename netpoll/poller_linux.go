@@ -178,18 +178,11 @@ func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
 
 // Start registers the conn with epoll and begins delivering to h.
 func (c *Conn) Start(h Handler) error {
-	if h == nil {
-		return errors.New("netpoll: start: nil handler")
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.flags&fFinished != 0:
-		return ErrClosed
-	case c.flags&fStarted != 0:
-		return errors.New("netpoll: start: already started")
+	if err := c.setHandlerLocked(h); err != nil {
+		return err
 	}
-	c.h = h
 	events := uint32(armIn)
 	if c.flags&fWantOut != 0 || c.rd != nil {
 		// Writable at once: the first event comes straight away and the

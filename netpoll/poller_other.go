@@ -78,18 +78,11 @@ func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
 
 // Start begins delivering to h: a reader goroutine is started for the conn.
 func (c *Conn) Start(h Handler) error {
-	if h == nil {
-		return errors.New("netpoll: start: nil handler")
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.flags&fFinished != 0:
-		return ErrClosed
-	case c.flags&fStarted != 0:
-		return errors.New("netpoll: start: already started")
+	if err := c.setHandlerLocked(h); err != nil {
+		return err
 	}
-	c.h = h
 	c.flags |= fStarted | fRunning
 	c.p.sys.wg.Add(1)
 	go c.readLoop()
