@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"parley/relay"
 )
 
 //go:embed web
@@ -105,7 +107,15 @@ type Stats struct {
 	RSSBytes    uint64 `json:"rss_bytes"`
 	NumGC       uint32 `json:"num_gc"`
 
-	Broker any `json:"broker"`
+	// Room counters since start (see actors.Stats).
+	Deliveries uint64 `json:"deliveries"`
+	GapFills   uint64 `json:"gap_fills"`
+	Checks     uint64 `json:"checks"`
+	Resets     uint64 `json:"resets"`
+	SlowKicks  uint64 `json:"slow_kicks"`
+	PubErrors  uint64 `json:"pub_errors"`
+
+	Broker relay.Stats `json:"broker"`
 }
 
 // Stats gathers the node's counters (it stops the world briefly to read
@@ -127,6 +137,12 @@ func (n *Node) Stats() Stats {
 		Sys:         ms.Sys,
 		RSSBytes:    rss(),
 		NumGC:       ms.NumGC,
+		Deliveries:  as.Deliveries,
+		GapFills:    as.GapFills,
+		Checks:      as.Checks,
+		Resets:      as.Resets,
+		SlowKicks:   as.SlowKicks,
+		PubErrors:   as.PubErrors,
 		Broker:      as.Broker,
 	}
 }

@@ -384,7 +384,8 @@ func TestReadyzWhileDraining(t *testing.T) {
 // TestSlowConsumerClosed4008: a member that stops reading is closed with
 // 4008 once its queue passes the cap, and the room keeps serving the rest.
 func TestSlowConsumerClosed4008(t *testing.T) {
-	n := startNode(t, Config{MaxQueueBytes: 64 << 10})
+	// A long close timeout: the stalled client reads only after the kick.
+	n := startNode(t, Config{MaxQueueBytes: 64 << 10, CloseTimeout: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stalled, _, _, err := ws.Dial(ctx, "ws://"+n.Addr()+"/ws?name=stalled")
@@ -406,11 +407,14 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 	})
 	text := strings.Repeat("x", 8<<10)
 	// Paced by acks, so the sender's own queue stays short.
-	for i := 0; i < 2000 && n.Stats().Sessions == 2; i++ {
+	for i := 0; i < 2000 && n.Stats().SlowKicks == 0; i++ {
 		sender.send(map[string]any{"type": "send", "room": "flood", "text": text, "id": fmt.Sprint(i)})
 		sender.await("ack")
 	}
 	// The stalled client finds, after what the socket buffers held, a 4008 close.
+	if n.Stats().SlowKicks != 1 {
+		t.Fatalf("slow_kicks %d after 2,000 messages, want 1", n.Stats().SlowKicks)
+	}
 	code := readUntilClose(t, stalled)
 	if code != 4008 {
 		t.Fatalf("stalled client closed with %d, want 4008", code)
