@@ -144,13 +144,10 @@ func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
 	// the original closes, so we never register the original).
 	fd := -1
 	var dupErr error
+	// O_NONBLOCK belongs to the open file description, which the dup
+	// shares: the runtime already made it non-blocking.
 	if err := rc.Control(func(f uintptr) {
 		fd, dupErr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
-		if dupErr == nil {
-			if dupErr = unix.SetNonblock(fd, true); dupErr != nil {
-				unix.Close(fd)
-			}
-		}
 	}); err != nil {
 		return nil, fmt.Errorf("netpoll: add: %w", err)
 	}
