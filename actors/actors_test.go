@@ -226,7 +226,7 @@ func TestDrain(t *testing.T) {
 	p := env.connect(t, "pat", true)
 	p.nextRaw()
 	env.sys.Drain("upgrade", 1500*1e6)
-	if r := j.next("reconnect"); r["reason"] != "upgrade" || r["after_ms"].(float64) != 1500 {
+	if r := j.next("reconnect"); r["reason"] != "upgrade" || r["after_ms"].(float64) < 1500 || r["after_ms"].(float64) >= 3000 {
 		t.Fatalf("reconnect %v", r)
 	}
 	j.awaitClosed()

@@ -2,6 +2,8 @@ package actors
 
 import (
 	"errors"
+	"math/rand/v2"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/gobwas/ws"
@@ -55,7 +57,7 @@ func (c *conn) Receive(ctx actor.Context) {
 			return
 		}
 		if !c.plain {
-			c.reply(ctx, protocol.Reconnect{Type: protocol.TypeReconnect, Reason: msg.reason, AfterMS: msg.after.Milliseconds()})
+			c.reply(ctx, protocol.Reconnect{Type: protocol.TypeReconnect, Reason: msg.reason, AfterMS: spread(msg.after).Milliseconds()})
 		}
 		c.close(ctx, closeGoingAway, msg.reason)
 	case *closed:
@@ -201,4 +203,13 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 		}
 		c.toRoom(ctx, op)
 	}
+}
+
+// spread picks a reconnect delay in [d, 2d), so a draining node's clients
+// do not all come back in the same instant.
+func spread(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d + rand.N(d)
 }

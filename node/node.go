@@ -71,8 +71,8 @@ type Config struct {
 	// ShutdownGrace bounds a graceful shutdown: after it, remaining
 	// connections are cut (default 10s).
 	ShutdownGrace time.Duration
-	// ReconnectAfter is the after_ms hint sent in reconnect frames on drain
-	// (default 1s).
+	// ReconnectAfter is the base of the after_ms sent in reconnect frames on
+	// drain; each client gets a value in [d, 2d) (default 1s).
 	ReconnectAfter time.Duration
 
 	// Logger receives the node's structured logs (nil: discard).

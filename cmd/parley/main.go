@@ -68,7 +68,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", 64, "rooms one connection may join")
 	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: how long clients get to leave before they are cut")
-	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "after_ms hint in the reconnect frame sent on drain")
+	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "on drain, each client's reconnect after_ms is drawn from [d, 2d)")
 	fs.IntVar(&o.gcPercent, "gc-percent", 50, "Go GC target (as GOGC): heap growth over the live heap before a collection; lower keeps idle connections' RSS near their live size")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
