@@ -213,13 +213,14 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 	return sess, nil
 }
 
-// HandleMessage posts one data frame to the connection actor; it copies
-// payload (the caller may reuse it) and never blocks.
+// HandleMessage posts one data frame to the connection actor and never
+// blocks. It takes payload over, as netpoll hands it: the caller must not
+// touch it afterwards.
 func (s *Session) HandleMessage(op ws.OpCode, payload []byte) {
 	if s.done.Load() {
 		return
 	}
-	s.sys.root.Send(s.pid, &inbound{op: op, payload: append([]byte(nil), payload...)})
+	s.sys.root.Send(s.pid, &inbound{op: op, payload: payload})
 }
 
 // HandleClose tells the connection actor its socket is gone; the actor
