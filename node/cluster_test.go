@@ -446,6 +446,10 @@ func TestReadyzReportsBusDown(t *testing.T) {
 	c := dial(t, n, "/ws")
 	c.await("welcome")
 	c.joinRoom("up")
+	plain := dial(t, n, "/")
+	if e := plain.next(); e.text != "connected to node f1" {
+		t.Fatalf("plain greeting %q", e.text)
+	}
 	readyz := func(want string) func() error {
 		return func() error {
 			code, body := httpGet(t, n.Addr(), "/readyz")
@@ -461,6 +465,10 @@ func TestReadyzReportsBusDown(t *testing.T) {
 	c.send(map[string]any{"type": "send", "room": "up", "text": "lost?", "id": "d1"})
 	if e := c.await("error"); e["code"] != "unavailable" || e["id"] != "d1" {
 		t.Fatalf("send while down: %v", e)
+	}
+	plain.sendText("lost?")
+	if e := plain.next(); e.text != "error: message not sent: bus unavailable" {
+		t.Fatalf("plain send while down got %q", e.text)
 	}
 	r.Start(t)
 	eventually(t, 15*time.Second, readyz("ready\n"))
