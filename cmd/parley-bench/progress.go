@@ -6,14 +6,12 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
-// isTerminal reports whether f is a terminal.
+// isTerminal reports whether f is a terminal (a character device).
 func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // startProgress rewrites one status line on w every 500 ms until the returned
