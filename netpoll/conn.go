@@ -1,6 +1,7 @@
 package netpoll
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -126,6 +127,18 @@ func (c *Conn) Flush() {
 	c.mu.Lock()
 	c.flushLocked()
 	c.mu.Unlock()
+}
+
+// keepBuffered holds the bytes an upgrade read past its handshake, so they
+// are parsed before anything read from the socket (a copy: the caller's
+// buffer may be pooled).
+func (c *Conn) keepBuffered(buffered []byte) {
+	if len(buffered) == 0 {
+		return
+	}
+	c.rd = readerPool.Get().(*reader)
+	c.rd.asm.MaxMessageSize = c.p.cfg.MaxMessageSize
+	c.rd.buffered = bytes.Clone(buffered)
 }
 
 // setHandlerLocked checks that the conn can be started and records h; the

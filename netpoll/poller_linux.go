@@ -3,7 +3,6 @@
 package netpoll
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -161,11 +160,7 @@ func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
 	c := &Conn{p: p, id: p.ids.Add(1)}
 	c.sys.fd = int32(fd)
 	c.lastRecv.Store(p.now())
-	if len(buffered) > 0 {
-		c.rd = readerPool.Get().(*reader)
-		c.rd.asm.MaxMessageSize = p.cfg.MaxMessageSize
-		c.rd.buffered = bytes.Clone(buffered)
-	}
+	c.keepBuffered(buffered)
 	if err := p.insert(c, fd); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netpoll: add fd %d: %w", fd, err)

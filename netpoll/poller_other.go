@@ -3,7 +3,6 @@
 package netpoll
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -65,11 +64,7 @@ func (p *Poller) Close() error {
 func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
 	c := &Conn{p: p, nc: nc, id: p.ids.Add(1)}
 	c.lastRecv.Store(p.now())
-	if len(buffered) > 0 {
-		c.rd = readerPool.Get().(*reader)
-		c.rd.asm.MaxMessageSize = p.cfg.MaxMessageSize
-		c.rd.buffered = bytes.Clone(buffered)
-	}
+	c.keepBuffered(buffered)
 	if err := p.insert(c, -1); err != nil {
 		return nil, err
 	}

@@ -115,7 +115,9 @@ func (c *Config) setDefaults() {
 // http.Server (upgrade.go), the public and admin http.Servers (one goroutine
 // each plus one per HTTP connection), and what netpoll, the
 // actors and the broker own. A Node's own fields are set by New and Start
-// and read-only afterwards, except draining (atomic).
+// and read-only afterwards, except draining (atomic) and the handshake set
+// under hsMu (touched by the accept loop, the handshake goroutines and
+// Shutdown).
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
@@ -132,9 +134,9 @@ type Node struct {
 	pubCh      *chanListener
 	acceptDone chan struct{}
 	peekSize   int
-	hsMu       sync.Mutex
+	hsMu       sync.Mutex // guards hsConns and hsClosed
 	hsConns    map[net.Conn]struct{}
-	hsClosed   bool
+	hsClosed   bool // Shutdown began: no new handshake is tracked
 	hsWG       sync.WaitGroup
 
 	draining atomic.Bool
