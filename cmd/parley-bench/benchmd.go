@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"runtime"
 	"slices"
@@ -125,7 +126,7 @@ func groupRecords(recs []record) ([]*group, error) {
 			return nil, fmt.Errorf("%s/%s run %d: %w", r.System, r.Scenario, r.Run, err)
 		}
 		switch probe.Mode {
-		case "fanout":
+		case "fanout", "storm":
 			var f fanoutResult
 			if err := json.Unmarshal(r.Result, &f); err != nil {
 				return nil, fmt.Errorf("%s/%s run %d: %w", r.System, r.Scenario, r.Run, err)
@@ -203,6 +204,36 @@ func machineInfo() string {
 	return fmt.Sprintf("%d cores (nproc), %s%s, %s, %s", runtime.NumCPU(), model, mem, runtime.Version(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 }
 
+// floorSystem is the system name the floor's runs are recorded under.
+const floorSystem = "floor"
+
+// floorOf returns the floor's group of g's scenario (nil when the floor did
+// not run it, or g is the floor).
+func floorOf(groups []*group, g *group) *group {
+	if g.system == floorSystem {
+		return nil
+	}
+	for _, f := range groups {
+		if f.system == floorSystem && f.scenario == g.scenario {
+			return f
+		}
+	}
+	return nil
+}
+
+// ratio formats v as a multiple of the floor's figure: " (6.8×)"; "" when
+// there is no floor figure to compare with.
+func ratio(v, floor float64) string {
+	if floor <= 0 || v <= 0 {
+		return ""
+	}
+	r := v / floor
+	if r >= 10 {
+		return fmt.Sprintf(" (%.0f×)", r)
+	}
+	return fmt.Sprintf(" (%.1f×)", r)
+}
+
 // renderMarkdown builds the benchmark section from the recorded runs.
 func renderMarkdown(recs []record, machine, notes string) (string, error) {
 	groups, err := groupRecords(recs)
@@ -211,113 +242,17 @@ func renderMarkdown(recs []record, machine, notes string) (string, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Machine: %s.  \n", machine)
-	b.WriteString("Each figure is the median of the runs listed (each metric's median taken separately); the load generator runs on the same cores as the nodes. Fresh node, Redis and load-generator processes for every run.\n")
+	b.WriteString("Each figure is the median of the runs listed (each metric's median taken separately); the load generator runs on the same cores as the nodes. Fresh node, Redis and load-generator processes for every run. " +
+		"(N×) after a latency or throughput figure is its ratio to the floor's median in the same scenario of the same run of `make bench` (`parley-bench floor`: one broadcaster goroutine, plain frames, one write per socket per batch).\n")
 	if notes != "" {
 		b.WriteString("\n" + notes + "\n")
 	}
-
-	b.WriteString("\n### 1. Idle memory (RSS slope per idle connection)\n\n")
-	b.WriteString("| system | runs | steps | RSS slope KiB/conn | heap-in-use slope KiB/conn | node RSS MiB (0 / steps) | goroutines (0 / steps) | bench RSS MiB at max | alive at end | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, g := range groups {
-		if len(g.idle) == 0 {
-			continue
-		}
-		first := g.idle[0]
-		var steps []string
-		for _, s := range first.Steps {
-			steps = append(steps, strconv.Itoa(s.Target))
-		}
-		slopeOf := func(r *idleResult) float64 {
-			if len(r.Slopes) == 0 {
-				return 0
-			}
-			return r.Slopes[len(r.Slopes)-1].KiBPerConn
-		}
-		heapOf := func(r *idleResult) float64 {
-			if len(r.Slopes) == 0 {
-				return 0
-			}
-			return r.Slopes[len(r.Slopes)-1].HeapKiB
-		}
-		rssCols := []string{fmt.Sprintf("%.0f", medIdle(g.idle, func(r *idleResult) float64 {
-			if r.Baseline == nil {
-				return 0
-			}
-			return mib(r.Baseline.NodeRSS)
-		}))}
-		gorCols := []string{fmt.Sprintf("%.0f", medIdle(g.idle, func(r *idleResult) float64 {
-			if r.Baseline == nil {
-				return 0
-			}
-			return float64(r.Baseline.NodeGoroutines)
-		}))}
-		for i := range first.Steps {
-			rssCols = append(rssCols, fmt.Sprintf("%.0f", medIdle(g.idle, func(r *idleResult) float64 {
-				if i >= len(r.Steps) {
-					return 0
-				}
-				return mib(r.Steps[i].NodeRSS)
-			})))
-			gorCols = append(gorCols, fmt.Sprintf("%.0f", medIdle(g.idle, func(r *idleResult) float64 {
-				if i >= len(r.Steps) {
-					return 0
-				}
-				return float64(r.Steps[i].NodeGoroutines)
-			})))
-		}
-		gor := strings.Join(gorCols, " / ")
-		if strings.Trim(gor, "0/ ") == "" {
-			gor = "n/a"
-		}
-		fmt.Fprintf(&b, "| %s | %d | %s | **%.2f** | %.2f | %s | %s | %.0f | %.0f | %.0f |\n",
-			g.system, len(g.idle), strings.Join(steps, " → "), medIdle(g.idle, slopeOf), medIdle(g.idle, heapOf),
-			strings.Join(rssCols, " / "), gor,
-			medIdle(g.idle, func(r *idleResult) float64 { return mib(r.Steps[len(r.Steps)-1].ClientRSS) }),
-			medIdle(g.idle, func(r *idleResult) float64 { return float64(r.FinalAlive) }),
-			medIdle(g.idle, func(r *idleResult) float64 { return float64(r.Errors) }))
-	}
-
-	fanTable := func(title string, cross bool) {
-		fmt.Fprintf(&b, "\n### %s\n\n", title)
-		b.WriteString("| system | proto | runs | clients / senders | send time | target msgs/s | sent | expected deliveries | loss | dup / out-of-order | deliveries/s | p50 | p90 | p99 | p99.9 | max | node CPU % | bench CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, g := range groups {
-			if len(g.fan) == 0 || g.fan[0].CrossNode != cross {
-				continue
-			}
-			f := g.fan[0]
-			m := func(fn func(*fanoutResult) float64) float64 { return medFan(g.fan, fn) }
-			fmt.Fprintf(&b, "| %s | %s | %d | %d / %d | %.0f s | %.0f | %.0f | %.0f | **%.2f %%** | %.0f / %.0f | %s | %s | %s | **%s** | %s | %s | %s | %.0f |\n",
-				g.system, f.Proto, len(g.fan), f.Clients, f.Senders, f.DurationS, f.Rate,
-				m(func(r *fanoutResult) float64 { return float64(r.Sent) }),
-				m(func(r *fanoutResult) float64 { return float64(r.Expected) }),
-				m(func(r *fanoutResult) float64 { return r.LossPct }),
-				m(func(r *fanoutResult) float64 { return float64(r.Duplicates) }),
-				m(func(r *fanoutResult) float64 { return float64(r.OutOfOrder) }),
-				fmtRate(m(func(r *fanoutResult) float64 { return r.DeliveriesPS })),
-				fmtMS(m(func(r *fanoutResult) float64 { return r.Latency.P50 })),
-				fmtMS(m(func(r *fanoutResult) float64 { return r.Latency.P90 })),
-				fmtMS(m(func(r *fanoutResult) float64 { return r.Latency.P99 })),
-				fmtMS(m(func(r *fanoutResult) float64 { return r.Latency.P999 })),
-				fmtMS(m(func(r *fanoutResult) float64 { return r.Latency.Max })),
-				cpuCol(g.fan),
-				m(func(r *fanoutResult) float64 { return r.SelfCPU }))
-		}
-	}
-	fanTable("2. Fan-out, one node (one room, 64-byte messages)", false)
-	fanTable("3. Cross-node (2 nodes + Redis, senders on node 1, receivers half on each)", true)
-
-	b.WriteString("\n### 4. Connect rate to one node\n\n| system | runs | connections | upgrades/s (first step) | upgrades/s (all steps) | errors |\n|---|---|---|---|---|---|\n")
-	for _, g := range groups {
-		if len(g.idle) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %.0f | **%.0f** | %.0f |\n", g.system, len(g.idle),
-			g.idle[0].Steps[len(g.idle[0].Steps)-1].Target,
-			medIdle(g.idle, func(r *idleResult) float64 { return r.Steps[0].Rate }),
-			medIdle(g.idle, func(r *idleResult) float64 { return r.ConnectRate }),
-			medIdle(g.idle, func(r *idleResult) float64 { return float64(r.Errors) }))
-	}
-
+	writeIdleTable(&b, groups)
+	fanTable(&b, groups, "2. Fan-out, one node (one room, 64-byte messages)", func(f *fanoutResult) bool { return !f.CrossNode && f.Rooms == 1 })
+	fanTable(&b, groups, "3. Cross-node (2 nodes + Redis, senders on node 1, receivers half on each)", func(f *fanoutResult) bool { return f.CrossNode })
+	fanTable(&b, groups, "4. Many rooms, many senders (one sender per room; the floor has no rooms)", func(f *fanoutResult) bool { return !f.CrossNode && f.Rooms > 1 })
+	writeStormTable(&b, groups)
+	writeConnectTable(&b, groups)
 	b.WriteString("\n<details><summary>Exact commands (first run of each; ports differ per run)</summary>\n\n```\n")
 	for _, g := range groups {
 		if len(g.cmds) > 0 {
@@ -328,25 +263,174 @@ func renderMarkdown(recs []record, machine, notes string) (string, error) {
 	return b.String(), nil
 }
 
-// cpuCol is the median CPU of each node, joined with " + ".
-func cpuCol(rs []*fanoutResult) string {
-	n := 0
-	for _, r := range rs {
-		n = max(n, len(r.NodeCPU))
+// idleGroups are the groups of idle runs (not connect-only runs).
+func idleGroups(groups []*group) []*group {
+	var out []*group
+	for _, g := range groups {
+		if len(g.idle) > 0 && g.idle[0].Mode == "idle" {
+			out = append(out, g)
+		}
 	}
-	if n == 0 {
-		return "n/a"
+	return out
+}
+
+// endpoint is the path of a run's first URL ("/" or "/ws").
+func endpoint(urls []string) string {
+	if len(urls) == 0 {
+		return "?"
 	}
-	var cols []string
-	for i := range n {
-		cols = append(cols, fmt.Sprintf("%.0f", medFan(rs, func(r *fanoutResult) float64 {
-			if i < len(r.NodeCPU) {
-				return r.NodeCPU[i].Pct
+	u, err := url.Parse(urls[0])
+	if err != nil || u.Path == "" {
+		return "/"
+	}
+	return u.Path
+}
+
+func writeIdleTable(b *strings.Builder, groups []*group) {
+	b.WriteString("\n### 1. Idle memory (RSS slope per idle connection)\n\n")
+	b.WriteString("| system | endpoint | joined | runs | steps | RSS slope KiB/conn | heap-in-use slope KiB/conn | node RSS MiB (0 / steps) | goroutines (0 / steps) | bench RSS MiB at max | alive at end | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, g := range idleGroups(groups) {
+		first := g.idle[0]
+		m := func(f func(*idleResult) float64) float64 { return medIdle(g.idle, f) }
+		var steps []string
+		for _, s := range first.Steps {
+			steps = append(steps, strconv.Itoa(s.Target))
+		}
+		lastSlope := func(f func(slope) float64) func(*idleResult) float64 {
+			return func(r *idleResult) float64 {
+				if len(r.Slopes) == 0 {
+					return 0
+				}
+				return f(r.Slopes[len(r.Slopes)-1])
 			}
-			return 0
-		})))
+		}
+		atStep := func(i int, f func(idleStep) float64) func(*idleResult) float64 {
+			return func(r *idleResult) float64 {
+				switch {
+				case i < 0 && r.Baseline != nil:
+					return f(*r.Baseline)
+				case i >= 0 && i < len(r.Steps):
+					return f(r.Steps[i])
+				}
+				return 0
+			}
+		}
+		var rssCols, gorCols []string
+		for i := -1; i < len(first.Steps); i++ {
+			rssCols = append(rssCols, fmt.Sprintf("%.0f", m(atStep(i, func(s idleStep) float64 { return mib(s.NodeRSS) }))))
+			gorCols = append(gorCols, fmt.Sprintf("%.0f", m(atStep(i, func(s idleStep) float64 { return float64(s.NodeGoroutines) }))))
+		}
+		gor := strings.Join(gorCols, " / ")
+		if strings.Trim(gor, "0/ ") == "" {
+			gor = "n/a"
+		}
+		joined := first.Join
+		if joined == "" {
+			joined = "no (not awaited)"
+		}
+		fmt.Fprintf(b, "| %s | `%s` | %s | %d | %s | **%.2f** | %.2f | %s | %s | %.0f | %.0f | %.0f |\n",
+			g.system, endpoint(first.URLs), joined, len(g.idle), strings.Join(steps, " → "),
+			m(lastSlope(func(s slope) float64 { return s.KiBPerConn })), m(lastSlope(func(s slope) float64 { return s.HeapKiB })),
+			strings.Join(rssCols, " / "), gor,
+			m(func(r *idleResult) float64 { return mib(r.Steps[len(r.Steps)-1].ClientRSS) }),
+			m(func(r *idleResult) float64 { return float64(r.FinalAlive) }),
+			m(func(r *idleResult) float64 { return float64(r.Errors) }))
 	}
-	return strings.Join(cols, " + ")
+}
+
+// fanTable writes the fan-out groups whose first run passes keep.
+func fanTable(b *strings.Builder, groups []*group, title string, keep func(*fanoutResult) bool) {
+	fmt.Fprintf(b, "\n### %s\n\n", title)
+	b.WriteString("| system | proto | runs | clients / rooms / senders | send time | target msgs/s | sent | expected deliveries | loss | dup / out-of-order | deliveries/s | p50 | p90 | p99 | p99.9 | max | node CPU % | bench CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, g := range groups {
+		if len(g.fan) == 0 || g.fan[0].Mode != "fanout" || !keep(g.fan[0]) {
+			continue
+		}
+		f := g.fan[0]
+		m := func(fn func(*fanoutResult) float64) float64 { return medFan(g.fan, fn) }
+		fl := floorOf(groups, g)
+		// cell formats a figure with its ratio to the floor's.
+		cell := func(fn func(*fanoutResult) float64, format func(float64) string) string {
+			v := m(fn)
+			if fl == nil || len(fl.fan) == 0 {
+				return format(v)
+			}
+			return format(v) + ratio(v, medFan(fl.fan, fn))
+		}
+		lat := func(fn func(l latencySummary) float64) func(*fanoutResult) float64 {
+			return func(r *fanoutResult) float64 { return fn(r.Latency) }
+		}
+		fmt.Fprintf(b, "| %s | %s | %d | %d / %d / %d | %.0f s | %.0f | %.0f | %.0f | **%.2f %%** | %.0f / %.0f | %s | %s | %s | **%s** | %s | %s | %s | %.0f |\n",
+			g.system, f.Proto, len(g.fan), f.Clients, f.Rooms, f.Senders, f.DurationS, f.Rate,
+			m(func(r *fanoutResult) float64 { return float64(r.Sent) }),
+			m(func(r *fanoutResult) float64 { return float64(r.Expected) }),
+			m(func(r *fanoutResult) float64 { return r.LossPct }),
+			m(func(r *fanoutResult) float64 { return float64(r.Duplicates) }),
+			m(func(r *fanoutResult) float64 { return float64(r.OutOfOrder) }),
+			cell(func(r *fanoutResult) float64 { return r.DeliveriesPS }, fmtRate),
+			cell(lat(func(l latencySummary) float64 { return l.P50 }), fmtMS),
+			cell(lat(func(l latencySummary) float64 { return l.P90 }), fmtMS),
+			cell(lat(func(l latencySummary) float64 { return l.P99 }), fmtMS),
+			cell(lat(func(l latencySummary) float64 { return l.P999 }), fmtMS),
+			cell(lat(func(l latencySummary) float64 { return l.Max }), fmtMS),
+			cpuCol(g.fan),
+			m(func(r *fanoutResult) float64 { return r.SelfCPU }))
+	}
+}
+
+func writeStormTable(b *strings.Builder, groups []*group) {
+	var rows []*group
+	for _, g := range groups {
+		if len(g.fan) > 0 && g.fan[0].Mode == "storm" {
+			rows = append(rows, g)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	b.WriteString("\n### 5. Join storm (every client joins one room at once; nobody sends)\n\n")
+	b.WriteString("| system | runs | clients | joined | join time | dial → joined p99 | presence frames received | if every join went to every member | kicked 4008 | other closes | node CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, g := range rows {
+		f := g.fan[0]
+		m := func(fn func(*fanoutResult) float64) float64 { return medFan(g.fan, fn) }
+		fmt.Fprintf(b, "| %s | %d | %d | %.0f | %.2f s | %s | **%.0f** | %d | **%.0f** | %.0f | %s |\n",
+			g.system, len(g.fan), f.Clients,
+			m(func(r *fanoutResult) float64 { return float64(r.Connected) }),
+			m(func(r *fanoutResult) float64 { return r.JoinS }),
+			fmtMS(m(func(r *fanoutResult) float64 { return r.JoinWait.P99 })),
+			m(func(r *fanoutResult) float64 { return float64(r.PresenceFrames) }),
+			int64(f.Rooms)*stormAnnouncements(f.Clients/max(f.Rooms, 1)),
+			m(func(r *fanoutResult) float64 { return float64(r.Closes["4008"]) }),
+			m(func(r *fanoutResult) float64 { return float64(sumCloses(r.Closes) - r.Closes["4008"]) }),
+			cpuCol(g.fan))
+	}
+}
+
+func sumCloses(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func writeConnectTable(b *strings.Builder, groups []*group) {
+	b.WriteString("\n### 6. Connect rate to one node\n\n| system | scenario | runs | connections | processes | upgrades/s (first step) | upgrades/s (all steps) | errors |\n|---|---|---|---|---|---|---|---|\n")
+	for _, g := range groups {
+		if len(g.idle) == 0 {
+			continue
+		}
+		m := func(fn func(*idleResult) float64) float64 { return medIdle(g.idle, fn) }
+		rate := func(r *idleResult) float64 { return r.ConnectRate }
+		all := fmt.Sprintf("**%.0f**", m(rate))
+		if fl := floorOf(groups, g); fl != nil && len(fl.idle) > 0 {
+			all += ratio(m(rate), medIdle(fl.idle, rate))
+		}
+		fmt.Fprintf(b, "| %s | %s | %d | %d | %d | %.0f | %s | %.0f |\n", g.system, g.scenario, len(g.idle),
+			g.idle[0].Steps[len(g.idle[0].Steps)-1].Target, g.idle[0].Processes,
+			m(func(r *idleResult) float64 { return r.Steps[0].Rate }), all,
+			m(func(r *idleResult) float64 { return float64(r.Errors) }))
+	}
 }
 
 // runReport reads a results file and rewrites the marked section of a
@@ -387,4 +471,25 @@ func freePort(w io.Writer) error {
 	defer ln.Close()
 	_, err = fmt.Fprintln(w, ln.Addr().(*net.TCPAddr).Port)
 	return err
+}
+
+// cpuCol is the median CPU of each node, joined with " + ".
+func cpuCol(rs []*fanoutResult) string {
+	n := 0
+	for _, r := range rs {
+		n = max(n, len(r.NodeCPU))
+	}
+	if n == 0 {
+		return "n/a"
+	}
+	var cols []string
+	for i := range n {
+		cols = append(cols, fmt.Sprintf("%.0f", medFan(rs, func(r *fanoutResult) float64 {
+			if i < len(r.NodeCPU) {
+				return r.NodeCPU[i].Pct
+			}
+			return 0
+		})))
+	}
+	return strings.Join(cols, " + ")
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -17,19 +19,32 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// connect/idle re-execute the binary as "parley-bench worker": the test
+	// binary then serves as the worker.
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	goleak.VerifyTestMain(m)
 }
 
 // chatServer is a tiny broadcast WebSocket server for the tests: "/" speaks
 // the plain seed protocol (greeting, then every text frame goes to everyone),
-// "/ws" a minimal protocol v1 (welcome, join → joined, send → message to every
-// member and ack to the sender).
+// "/ws" a minimal protocol v1 (welcome, join → joined and member_joined to
+// every member already in the room, send → message to every member and ack
+// to the sender). A join of a room named kick… is answered with joined and
+// then close 4008, as a node kicks a slow consumer; a join of deny… with an
+// error frame.
 type chatServer struct {
 	ln   net.Listener
 	wg   sync.WaitGroup
 	mu   sync.Mutex // guards conns, members, seq
 	conn map[net.Conn]*sync.Mutex
 	mem  map[net.Conn]string // conn → joined room (json)
+	peak map[string]int      // room → most members at once
 	seq  uint64
 }
 
@@ -39,7 +54,7 @@ func startChatServer(t *testing.T) *chatServer {
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	s := &chatServer{ln: ln, conn: map[net.Conn]*sync.Mutex{}, mem: map[net.Conn]string{}}
+	s := &chatServer{ln: ln, conn: map[net.Conn]*sync.Mutex{}, mem: map[net.Conn]string{}, peak: map[string]int{}}
 	s.wg.Add(1)
 	go s.accept()
 	t.Cleanup(s.close)
@@ -141,12 +156,35 @@ func (s *chatServer) serve(c net.Conn) {
 		}
 		switch f.Type {
 		case "join":
+			if strings.HasPrefix(f.Room, "deny") {
+				s.write(c, []byte(`{"type":"error","code":"too_many_rooms","message":"no"}`))
+				continue
+			}
 			s.mu.Lock()
+			var others []net.Conn
+			for o, room := range s.mem {
+				if room == f.Room {
+					others = append(others, o)
+				}
+			}
 			s.mem[c] = f.Room
+			s.peak[f.Room] = max(s.peak[f.Room], len(others)+1)
 			seq := s.seq
 			s.mu.Unlock()
 			b, _ := json.Marshal(map[string]any{"type": "joined", "room": f.Room, "seq": seq})
 			s.write(c, b)
+			ann, _ := json.Marshal(map[string]any{"type": "member_joined", "room": f.Room, "name": "n", "node": "t1"})
+			for _, o := range others {
+				s.write(o, ann)
+			}
+			if strings.HasPrefix(f.Room, "kick") {
+				s.mu.Lock()
+				wmu := s.conn[c]
+				s.mu.Unlock()
+				wmu.Lock()
+				_ = ws.WriteFrame(c, ws.NewCloseFrame(ws.NewCloseFrameBody(4008, "slow consumer")))
+				wmu.Unlock()
+			}
 		case "send":
 			s.mu.Lock()
 			s.seq++
