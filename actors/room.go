@@ -394,44 +394,31 @@ func (r *room) runPublish(ctx actor.Context) {
 	r.pubQ = append(r.pubQ[:0], r.pubQ[n:]...)
 	r.pubBusy = true
 	b, room, node, self, root := r.s.cfg.Broker, r.name, r.s.cfg.NodeID, ctx.Self(), r.s.root
+	known := relay.Position{Seq: r.seq.last, Epoch: r.seq.epoch}
 	r.s.goTask(func() {
 		msgs := make([]relay.Message, len(batch))
 		now := time.Now().UnixMilli()
 		for i, op := range batch {
 			msgs[i] = relay.Message{Room: room, From: op.name, Node: node, Text: op.text, ID: op.id, TS: now}
 		}
-		root.Send(self, &publishDone{batch: batch, results: publishAll(b, r.s.brokerCtx, room, msgs)})
+		root.Send(self, &publishDone{batch: batch, results: publishAll(b, r.s.brokerCtx, room, known, msgs)})
 	})
 }
 
-// publishAll publishes msgs of one room in order: in one call when the
-// broker can batch, else one by one, stopping at the first failure (the
-// rest fail with it, so no later message overtakes a failed one).
-func publishAll(b relay.Broker, newCtx func() (context.Context, context.CancelFunc), room string, msgs []relay.Message) []pubResult {
+// publishAll publishes msgs of one room in order, all or none, in one
+// broker call; known is the room's position as delivered (the broker's
+// rollback check).
+func publishAll(b relay.Broker, newCtx func() (context.Context, context.CancelFunc), room string, known relay.Position, msgs []relay.Message) []pubResult {
 	results := make([]pubResult, len(msgs))
-	if bp, ok := b.(relay.BatchPublisher); ok {
-		cctx, cancel := newCtx()
-		pos, err := bp.PublishBatch(cctx, room, msgs)
-		cancel()
-		for i := range results {
-			if err != nil {
-				results[i].err = err
-			} else {
-				results[i].pos = pos[i]
-			}
+	cctx, cancel := newCtx()
+	pos, err := b.PublishBatch(cctx, room, known, msgs)
+	cancel()
+	for i := range results {
+		if err != nil {
+			results[i].err = err
+		} else {
+			results[i].pos = pos[i]
 		}
-		return results
-	}
-	var failed error
-	for i, m := range msgs {
-		if failed != nil {
-			results[i].err = failed
-			continue
-		}
-		cctx, cancel := newCtx()
-		results[i].pos, results[i].err = b.Publish(cctx, m)
-		cancel()
-		failed = results[i].err
 	}
 	return results
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 )
 
@@ -14,14 +15,37 @@ type Message struct {
 	From  string // sender's display name
 	Node  string // id of the node the sender is connected to
 	Text  string
-	ID    string // the sender's client-side id (may be empty)
+	ID    string // the sender's client-side id (may be empty): its idempotency key
 	TS    int64  // unix milliseconds, set by the publishing node
+	User  string // the sender's authenticated user id (empty without auth)
 }
 
-// Position is where a room's sequence stands.
+// IdemKey is the idempotency key of m within its room: the sender's identity
+// (User if set, else From) and ID, encoded so that no two different pairs
+// give the same key. It is "" when ID is empty: such a message has no key
+// and is never recognised as a repeat. Both brokers key their idempotency
+// records by (room, IdemKey).
+func (m Message) IdemKey() string {
+	if m.ID == "" {
+		return ""
+	}
+	kind, who := "n", m.From
+	if m.User != "" {
+		kind, who = "u", m.User
+	}
+	return kind + strconv.Itoa(len(who)) + ":" + who + m.ID
+}
+
+// Position is where a room's sequence stands, or where one published
+// message landed.
 type Position struct {
 	Seq   uint64 // the last assigned seq (0: nothing published in this epoch)
-	Epoch string
+	Epoch string // "" only from History of a room the bus holds nothing of
+	// Repeat is set by Publish/PublishBatch for a message whose IdemKey was
+	// already published in the room within the idempotency window, in the
+	// room's current epoch: Seq and Epoch are the original's and nothing was
+	// published again.
+	Repeat bool
 }
 
 // HistoryRequest selects messages from a room's history.
@@ -89,23 +113,49 @@ type Broker interface {
 	// Subscribe.
 	SetHandler(h Handler)
 
-	// Publish assigns m the room's next seq (m.Seq and m.Epoch are ignored),
-	// appends it to history and delivers it to every subscriber of the room,
-	// atomically: when Publish returns nil the message is in history and will
-	// reach every subscriber. On error nothing was published (or, after a
-	// timeout, it is unknown: the error wraps ErrUnavailable either way).
+	// Publish is PublishBatch(ctx, m.Room, Position{}, []Message{m}).
 	Publish(ctx context.Context, m Message) (Position, error)
+
+	// PublishBatch publishes msgs (all of room; their Room, Seq and Epoch
+	// fields are ignored) in order, all or none, in one round trip. Each
+	// message gets the room's next seq, is appended to history and is
+	// delivered to every subscriber of the room, atomically: when
+	// PublishBatch returns nil every message is in history and will reach
+	// every subscriber. On error nothing was published, or — after a
+	// timeout, or a replica wait that fell short — it is unknown; the error
+	// wraps ErrUnavailable either way, and a retry with the same IDs is safe.
+	//
+	// Idempotency: a message whose IdemKey was published in room within the
+	// idempotency window, in the room's current epoch, is not published
+	// again; its Position is the original's with Repeat set. A key whose
+	// epoch is gone is published anew.
+	//
+	// known is the room's position as the caller last delivered it (zero:
+	// none). If the bus holds room in known.Epoch with a seq below
+	// known.Seq, the bus lost writes (failover, restore): it starts a new
+	// epoch before sequencing, so no seq of an epoch is ever reused.
+	PublishBatch(ctx context.Context, room string, known Position, msgs []Message) ([]Position, error)
+
+	// Rollover applies PublishBatch's rollback check alone: if the bus holds
+	// room in known.Epoch with a seq below known.Seq, or holds nothing of
+	// room, it starts a new epoch. It returns the room's position after the
+	// check. Callers use it when a position check (History) shows a seq
+	// below what they delivered in the same epoch, or no epoch at all.
+	Rollover(ctx context.Context, room string, known Position) (Position, error)
 
 	// Subscribe starts delivery of room's messages and presence events to
 	// the handler. When it returns nil the subscription is live: every
 	// message published after that reaches the handler. It returns the
-	// room's position read after the subscription went live.
+	// room's position read after the subscription went live, starting the
+	// room's epoch if the bus holds nothing of it (the epoch is never "").
 	Subscribe(ctx context.Context, room string) (Position, error)
 
 	// Unsubscribe stops delivery for room.
 	Unsubscribe(ctx context.Context, room string) error
 
-	// History reads a room's history.
+	// History reads a room's history. It writes nothing: for a room the
+	// bus holds nothing of it returns an empty result with Position{} (epoch
+	// ""); the room's next publish (or Subscribe, Rollover) starts its epoch.
 	History(ctx context.Context, room string, req HistoryRequest) (HistoryResult, error)
 
 	// AddPresence records m as present in room and announces member_joined
@@ -120,13 +170,6 @@ type Broker interface {
 
 	// Close stops every goroutine of the broker and releases its connections.
 	Close() error
-}
-
-// BatchPublisher is implemented by brokers that publish several messages of
-// one room at once (one round trip), with Publish's guarantees for each and
-// all or none published. Room actors use it when the broker has it.
-type BatchPublisher interface {
-	PublishBatch(ctx context.Context, room string, msgs []Message) ([]Position, error)
 }
 
 // Stats counts what a broker did since it started.
@@ -150,4 +193,18 @@ var ErrUnavailable = errors.New("relay: bus unavailable")
 const (
 	DefaultHistorySize = 1000           // messages kept per room
 	DefaultHistoryTTL  = 24 * time.Hour // a room idle this long forgets its history (new epoch)
+	// DefaultHistoryMaxBytes caps the stored size of one room's history;
+	// the oldest messages go first (the newest is always kept).
+	DefaultHistoryMaxBytes = 1 << 20
+	// DefaultIdempotencyWindow is how long a message's IdemKey is
+	// remembered: a retry within it is answered as a repeat.
+	DefaultIdempotencyWindow = 10 * time.Minute
 )
+
+// rolledBack reports whether a bus holding a room at (epoch, seq) went back
+// in time relative to known, the position a node delivered: same epoch,
+// lower seq. One place for the rule both brokers apply (the Redis scripts
+// apply the same comparison).
+func rolledBack(epoch string, seq uint64, known Position) bool {
+	return known.Epoch != "" && epoch == known.Epoch && seq < known.Seq
+}

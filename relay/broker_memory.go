@@ -16,47 +16,79 @@ type MemoryConfig struct {
 	// HistorySize is the number of messages kept per room (0:
 	// DefaultHistorySize).
 	HistorySize int
+	// HistoryMaxBytes caps the size of one room's kept history, counted as
+	// the text plus the other fields of each message plus a small envelope
+	// (0: DefaultHistoryMaxBytes). The newest message is always kept.
+	HistoryMaxBytes int
 	// HistoryTTL is how long a room may stay idle (no publish) before its
 	// sequence and history are forgotten and it starts a new epoch (0:
 	// DefaultHistoryTTL).
 	HistoryTTL time.Duration
-	// Now is the clock (nil: time.Now). Test hook.
+	// IdempotencyWindow is how long a message's IdemKey is remembered (0:
+	// DefaultIdempotencyWindow).
+	IdempotencyWindow time.Duration
+	// Now is the clock (nil: time.Now). Tests advance it to expire rooms
+	// and idempotency records.
 	Now func() time.Time
 }
 
 // Memory is the in-process Broker: one node, no network. It is the default
-// bus of a single node and the fake bus of unit tests. See the test hooks
-// SetUnavailable, SetDeliveryFilter, Resync and SetState.
+// bus of a single node and, wrapped by package relaytest for fault
+// injection, the bus of unit tests. Its memory is bounded: a room's history
+// by HistorySize and HistoryMaxBytes, idempotency records by the window,
+// idle rooms are forgotten after HistoryTTL, presence sets of empty rooms
+// are dropped.
 type Memory struct {
-	size int
-	ttl  time.Duration
-	now  func() time.Time
+	size     int
+	maxBytes int
+	ttl      time.Duration
+	window   time.Duration
+	now      func() time.Time
 
-	mu          sync.Mutex // guards everything below
-	handler     Handler
-	rooms       map[string]*memRoom
-	presence    map[string]map[string]Member // room -> session -> member
-	subs        map[string]struct{}
-	stats       Stats
-	unavailable bool
-	filter      func(Message) int
-	closed      bool
-	lastSweep   time.Time
+	mu        sync.Mutex // guards everything below
+	handler   Handler
+	rooms     map[string]*memRoom
+	presence  map[string]map[string]Member // room -> session -> member; no empty sets
+	subs      map[string]struct{}
+	stats     Stats
+	closed    bool
+	lastSweep time.Time
+
+	unavailable bool               // test hook, moving to package relaytest
+	filter      func(Message) int // test hook, moving to package relaytest
 }
 
 // memRoom is one room's sequence state. Guarded by Memory.mu.
 type memRoom struct {
-	epoch    string
-	seq      uint64
-	hist     []Message // ascending seq, at most size entries
-	lastUsed time.Time
+	epoch     string
+	seq       uint64
+	hist      []Message // ascending seq, at most size entries and maxBytes bytes (but at least one)
+	histBytes int       // sum of memSize over hist
+	lastUsed  time.Time
+	idem      map[string]memIdem // IdemKey -> where it was published
+	idemQ     []memIdemExp       // the same keys in expiry order
+}
+
+// memIdem is where a message with an idempotency key landed.
+type memIdem struct {
+	epoch string
+	seq   uint64
+	exp   time.Time
+}
+
+// memIdemExp is one entry of memRoom.idemQ.
+type memIdemExp struct {
+	key string
+	exp time.Time
 }
 
 // NewMemory returns a memory broker.
 func NewMemory(cfg MemoryConfig) *Memory {
 	m := &Memory{
 		size:     cfg.HistorySize,
+		maxBytes: cfg.HistoryMaxBytes,
 		ttl:      cfg.HistoryTTL,
+		window:   cfg.IdempotencyWindow,
 		now:      cfg.Now,
 		rooms:    make(map[string]*memRoom),
 		presence: make(map[string]map[string]Member),
@@ -65,8 +97,14 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if m.size <= 0 {
 		m.size = DefaultHistorySize
 	}
+	if m.maxBytes <= 0 {
+		m.maxBytes = DefaultHistoryMaxBytes
+	}
 	if m.ttl <= 0 {
 		m.ttl = DefaultHistoryTTL
+	}
+	if m.window <= 0 {
+		m.window = DefaultIdempotencyWindow
 	}
 	if m.now == nil {
 		m.now = time.Now
@@ -84,39 +122,86 @@ func memEpoch() string {
 	return hex.EncodeToString(b[:])
 }
 
-// memRoomLocked returns room's state, forgetting it first if it has been
-// idle longer than the TTL. Lock should be held.
-func (m *Memory) memRoomLocked(room string) *memRoom {
-	now := m.now()
-	if now.Sub(m.lastSweep) > m.ttl {
-		// Forget idle rooms so the map does not grow without bound.
-		m.lastSweep = now
-		for name, r := range m.rooms {
-			if now.Sub(r.lastUsed) > m.ttl {
-				delete(m.rooms, name)
-			}
+// memSize is what one message counts against HistoryMaxBytes: its fields
+// plus the envelope the Redis broker stores around them.
+func memSize(m Message) int {
+	const envelope = 40
+	return len(m.Text) + len(m.From) + len(m.Node) + len(m.ID) + len(m.User) + envelope
+}
+
+// sweepLocked forgets idle rooms and expired idempotency records, at most
+// once per quarter of the shorter of TTL and window, so the maps do not
+// grow without bound. Lock should be held.
+func (m *Memory) sweepLocked(now time.Time) {
+	if now.Sub(m.lastSweep) < min(m.ttl, m.window)/4 {
+		return
+	}
+	m.lastSweep = now
+	for name, r := range m.rooms {
+		_, subscribed := m.subs[name]
+		if now.Sub(r.lastUsed) > m.ttl || !subscribed && r.seq == 0 {
+			delete(m.rooms, name)
+			continue
+		}
+		r.expireIdem(now)
+	}
+}
+
+// expireIdem drops the idempotency records whose window has passed.
+func (r *memRoom) expireIdem(now time.Time) {
+	n := 0
+	for n < len(r.idemQ) && !now.Before(r.idemQ[n].exp) {
+		e := r.idemQ[n]
+		if cur, ok := r.idem[e.key]; ok && cur.exp.Equal(e.exp) {
+			delete(r.idem, e.key)
+		}
+		n++
+	}
+	if n > 0 {
+		clear(r.idemQ[:n])
+		r.idemQ = r.idemQ[n:]
+		if len(r.idemQ) == 0 {
+			r.idemQ = nil
 		}
 	}
+}
+
+// roomLocked returns room's state, or nil if the bus holds nothing of it
+// (never used, or idle longer than the TTL). With create it starts the
+// room's epoch instead of returning nil. Lock should be held.
+func (m *Memory) roomLocked(room string, create bool) *memRoom {
+	now := m.now()
+	m.sweepLocked(now)
 	r := m.rooms[room]
 	if r != nil && now.Sub(r.lastUsed) > m.ttl {
+		delete(m.rooms, room)
 		r = nil
 	}
-	if r == nil {
+	if r == nil && create {
 		r = &memRoom{epoch: memEpoch(), lastUsed: now}
 		m.rooms[room] = r
 	}
 	return r
 }
 
-// memCheckLocked returns an error wrapping ErrUnavailable while the test
-// hook SetUnavailable is on. Lock should be held.
+// rolloverLocked starts a new epoch for r if it went back in time relative
+// to known. Lock should be held.
+func (r *memRoom) rolloverLocked(known Position) {
+	if rolledBack(r.epoch, r.seq, known) {
+		r.epoch, r.seq = memEpoch(), 0
+		clear(r.hist)
+		r.hist, r.histBytes = r.hist[:0], 0
+	}
+}
+
+// memCheckLocked returns an error wrapping ErrUnavailable once the broker
+// is closed. Lock should be held.
 func (m *Memory) memCheckLocked(op, room string) error {
 	if m.closed {
 		return fmt.Errorf("relay: memory %s %q: closed: %w", op, room, ErrUnavailable)
 	}
 	if m.unavailable {
 		m.stats.Errors++
-		m.stats.LastErrorAt = m.now().UnixMilli()
 		return fmt.Errorf("relay: memory %s %q: %w", op, room, ErrUnavailable)
 	}
 	return nil
@@ -129,37 +214,102 @@ func (m *Memory) SetHandler(h Handler) {
 	m.mu.Unlock()
 }
 
-// Publish sequences m, appends it to history and delivers it to the handler
-// if the room is subscribed, all under the broker's lock.
+// Publish is PublishBatch of one message with no known position.
 func (m *Memory) Publish(ctx context.Context, msg Message) (Position, error) {
+	ps, err := m.PublishBatch(ctx, msg.Room, Position{}, []Message{msg})
+	if err != nil {
+		return Position{}, err
+	}
+	return ps[0], nil
+}
+
+// PublishBatch sequences msgs, appends them to history and delivers them to
+// the handler if the room is subscribed, all under the broker's lock (see
+// Broker.PublishBatch for idempotency and the rollback check).
+func (m *Memory) PublishBatch(ctx context.Context, room string, known Position, msgs []Message) ([]Position, error) {
 	if err := ctx.Err(); err != nil {
-		return Position{}, fmt.Errorf("relay: memory publish %q: %w: %w", msg.Room, ErrUnavailable, err)
+		return nil, fmt.Errorf("relay: memory publish %q: %w: %w", room, ErrUnavailable, err)
+	}
+	if len(msgs) == 0 {
+		return nil, nil
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.memCheckLocked("publish", msg.Room); err != nil {
+	if err := m.memCheckLocked("publish", room); err != nil {
+		return nil, err
+	}
+	r := m.roomLocked(room, true)
+	r.rolloverLocked(known)
+	now := m.now()
+	r.lastUsed = now
+	r.expireIdem(now)
+	_, subscribed := m.subs[room]
+	out := make([]Position, len(msgs))
+	for i, msg := range msgs {
+		key := msg.IdemKey()
+		if key != "" {
+			if prev, ok := r.idem[key]; ok && prev.epoch == r.epoch {
+				out[i] = Position{Seq: prev.seq, Epoch: prev.epoch, Repeat: true}
+				continue
+			}
+		}
+		r.seq++
+		msg.Room, msg.Seq, msg.Epoch = room, r.seq, r.epoch
+		r.append(msg, m.size, m.maxBytes)
+		if key != "" {
+			exp := now.Add(m.window)
+			if r.idem == nil {
+				r.idem = make(map[string]memIdem)
+			}
+			r.idem[key] = memIdem{epoch: r.epoch, seq: r.seq, exp: exp}
+			r.idemQ = append(r.idemQ, memIdemExp{key: key, exp: exp})
+		}
+		m.stats.Publishes++
+		if subscribed && m.handler != nil {
+			n := 1
+			if m.filter != nil {
+				n = m.filter(msg)
+			}
+			for j := 0; j < n; j++ {
+				m.stats.Deliveries++
+				m.handler.HandleMessage(msg)
+			}
+		}
+		out[i] = Position{Seq: r.seq, Epoch: r.epoch}
+	}
+	return out, nil
+}
+
+// append adds msg to the history window, dropping the oldest messages over
+// size or maxBytes (never msg itself).
+func (r *memRoom) append(msg Message, size, maxBytes int) {
+	r.hist = append(r.hist, msg)
+	r.histBytes += memSize(msg)
+	drop := 0
+	for len(r.hist)-drop > 1 && (len(r.hist)-drop > size || r.histBytes > maxBytes) {
+		r.histBytes -= memSize(r.hist[drop])
+		drop++
+	}
+	if drop > 0 {
+		n := copy(r.hist, r.hist[drop:])
+		clear(r.hist[n:])
+		r.hist = r.hist[:n]
+	}
+}
+
+// Rollover starts a new epoch for room if the bus went back in time
+// relative to known or holds nothing of room, and returns its position.
+func (m *Memory) Rollover(ctx context.Context, room string, known Position) (Position, error) {
+	if err := ctx.Err(); err != nil {
+		return Position{}, fmt.Errorf("relay: memory rollover %q: %w: %w", room, ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.memCheckLocked("rollover", room); err != nil {
 		return Position{}, err
 	}
-	r := m.memRoomLocked(msg.Room)
-	r.lastUsed = m.now()
-	r.seq++
-	msg.Seq, msg.Epoch = r.seq, r.epoch
-	if len(r.hist) == m.size {
-		copy(r.hist, r.hist[1:])
-		r.hist = r.hist[:len(r.hist)-1]
-	}
-	r.hist = append(r.hist, msg)
-	m.stats.Publishes++
-	if _, ok := m.subs[msg.Room]; ok && m.handler != nil {
-		n := 1
-		if m.filter != nil {
-			n = m.filter(msg)
-		}
-		for i := 0; i < n; i++ {
-			m.stats.Deliveries++
-			m.handler.HandleMessage(msg)
-		}
-	}
+	r := m.roomLocked(room, true)
+	r.rolloverLocked(known)
 	return Position{Seq: r.seq, Epoch: r.epoch}, nil
 }
 
@@ -176,16 +326,20 @@ func (m *Memory) Subscribe(ctx context.Context, room string) (Position, error) {
 	}
 	m.subs[room] = struct{}{}
 	m.stats.Subscribed = len(m.subs)
-	r := m.memRoomLocked(room)
+	r := m.roomLocked(room, true)
 	return Position{Seq: r.seq, Epoch: r.epoch}, nil
 }
 
-// Unsubscribe stops delivery of room.
+// Unsubscribe stops delivery of room. A room that never had a message is
+// forgotten at once.
 func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.subs, room)
 	m.stats.Subscribed = len(m.subs)
+	if r := m.rooms[room]; r != nil && r.seq == 0 {
+		delete(m.rooms, room)
+	}
 	return nil
 }
 
@@ -199,7 +353,10 @@ func (m *Memory) History(ctx context.Context, room string, req HistoryRequest) (
 	if err := m.memCheckLocked("history", room); err != nil {
 		return HistoryResult{}, err
 	}
-	r := m.memRoomLocked(room)
+	r := m.roomLocked(room, false)
+	if r == nil {
+		return HistoryResult{}, nil
+	}
 	res := HistoryResult{Position: Position{Seq: r.seq, Epoch: r.epoch}}
 	if len(r.hist) > 0 {
 		res.Earliest = r.hist[0].Seq

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -42,8 +43,13 @@ type RedisConfig struct {
 
 	NodeID string // this node's id, unique in the cluster (required)
 
-	HistorySize int           // messages kept per room (0: DefaultHistorySize)
-	HistoryTTL  time.Duration // an idle room's keys expire after this (0: DefaultHistoryTTL)
+	HistorySize     int           // messages kept per room (0: DefaultHistorySize)
+	HistoryMaxBytes int           // stored bytes kept per room, the newest message always (0: DefaultHistoryMaxBytes)
+	HistoryTTL      time.Duration // an idle room's keys expire after this (0: DefaultHistoryTTL)
+
+	// IdempotencyWindow is how long a message's IdemKey is remembered (one
+	// key per message with a TTL of the window; 0: DefaultIdempotencyWindow).
+	IdempotencyWindow time.Duration
 
 	// PresenceTimeout bounds how long a dead node's members stay in
 	// presence (0: DefaultRedisPresenceTimeout). Nodes heartbeat every
@@ -127,6 +133,8 @@ var (
 	rdsPublishSrc string
 	//go:embed scripts/history.lua
 	rdsHistorySrc string
+	//go:embed scripts/rollover.lua
+	rdsRolloverSrc string
 	//go:embed scripts/presence_add.lua
 	rdsPresenceAddSrc string
 	//go:embed scripts/presence_remove.lua
@@ -140,6 +148,7 @@ var (
 
 	rdsPublishScript        = redis.NewScript(rdsPublishSrc)
 	rdsHistoryScript        = redis.NewScript(rdsHistorySrc)
+	rdsRolloverScript       = redis.NewScript(rdsRolloverSrc)
 	rdsPresenceAddScript    = redis.NewScript(rdsPresenceAddSrc)
 	rdsPresenceRemoveScript = redis.NewScript(rdsPresenceRemoveSrc)
 	rdsPresenceReapScript   = redis.NewScript(rdsPresenceReapSrc)
@@ -160,6 +169,7 @@ func rdsHistKey(room string) string      { return rdsKeyPrefix + "{" + room + "}
 func rdsPresKey(room string) string      { return rdsKeyPrefix + "{" + room + "}:pres" }
 func rdsChannel(room string) string      { return rdsKeyPrefix + "{" + room + "}:ch" }
 func rdsNodeRoomsKey(node string) string { return rdsKeyPrefix + "node:{" + node + "}:rooms" }
+func rdsIdemKey(room, key string) string { return rdsKeyPrefix + "{" + room + "}:idem:" + key }
 
 // rdsRoomOf extracts the room from a channel name made by rdsChannel.
 func rdsRoomOf(channel string) (string, bool) {
@@ -185,6 +195,19 @@ type rdsBody struct {
 	Text string `json:"t"`
 	ID   string `json:"i,omitempty"`
 	TS   int64  `json:"ts"`
+	User string `json:"u,omitempty"`
+}
+
+// rdsEncodeBody encodes m's body as stored and carried: UTF-8 JSON without
+// HTML escaping, so "<" costs one byte, not six.
+func rdsEncodeBody(m Message) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(rdsBody{From: m.From, Node: m.Node, Text: m.Text, ID: m.ID, TS: m.TS, User: m.User}); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // rdsMember is a presence entry as stored and carried.
@@ -229,6 +252,8 @@ type Redis struct {
 	deadMS  string               // PresenceTimeout*4/5 in ms, for the scripts
 	ttlMS   string               // HistoryTTL in ms
 	maxLen  string               // HistorySize
+	maxB    string               // HistoryMaxBytes
+	idemMS  string               // IdempotencyWindow in ms
 
 	handler atomic.Pointer[rdsHandlerBox]
 
@@ -289,11 +314,14 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if modes != 1 {
 		return nil, fmt.Errorf("relay: redis: exactly one of URL, ClusterAddrs, Sentinel must be set (got %d)", modes)
 	}
-	if cfg.HistorySize < 0 || cfg.HistoryTTL < 0 || cfg.PresenceTimeout < 0 || cfg.PoolSize < 0 {
+	if cfg.HistorySize < 0 || cfg.HistoryMaxBytes < 0 || cfg.HistoryTTL < 0 || cfg.IdempotencyWindow < 0 ||
+		cfg.PresenceTimeout < 0 || cfg.PoolSize < 0 {
 		return nil, errors.New("relay: redis: negative size or duration in config")
 	}
 	rdsDefault(&cfg.HistorySize, DefaultHistorySize)
+	rdsDefault(&cfg.HistoryMaxBytes, DefaultHistoryMaxBytes)
 	rdsDefault(&cfg.HistoryTTL, DefaultHistoryTTL)
+	rdsDefault(&cfg.IdempotencyWindow, DefaultIdempotencyWindow)
 	rdsDefault(&cfg.PresenceTimeout, DefaultRedisPresenceTimeout)
 	rdsDefault(&cfg.DialTimeout, DefaultRedisDialTimeout)
 	rdsDefault(&cfg.IOTimeout, DefaultRedisIOTimeout)
@@ -317,6 +345,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		deadMS:   strconv.FormatInt((cfg.PresenceTimeout * 4 / 5).Milliseconds(), 10),
 		ttlMS:    strconv.FormatInt(cfg.HistoryTTL.Milliseconds(), 10),
 		maxLen:   strconv.Itoa(cfg.HistorySize),
+		maxB:     strconv.Itoa(cfg.HistoryMaxBytes),
+		idemMS:   strconv.FormatInt(max(cfg.IdempotencyWindow.Milliseconds(), 1), 10),
 		shards:   map[int]*rdsShard{},
 		rooms:    map[string]*rdsShard{},
 		presence: map[string]map[string]Member{},
@@ -420,59 +450,88 @@ func rdsNewEpoch() string {
 	return strconv.FormatUint(rand.Uint64(), 36)
 }
 
-// Publish sequences m in its room with one Lua script (one round trip):
-// a missing room meta starts a new epoch and drops stale history; the
-// message is appended to the room's capped stream (ID "<seq>-0") and
-// published on the room channel. Every error wraps ErrUnavailable.
+// Publish is PublishBatch of one message with no known position.
 func (r *Redis) Publish(ctx context.Context, m Message) (Position, error) {
-	ps, err := r.PublishBatch(ctx, m.Room, []Message{m})
+	ps, err := r.PublishBatch(ctx, m.Room, Position{}, []Message{m})
 	if err != nil {
 		return Position{}, err
 	}
 	return ps[0], nil
 }
 
-// PublishBatch publishes msgs (all of room; their Room field is ignored) in
-// order with one script run: all of them are sequenced consecutively or none
-// is. It returns the position of each message.
-func (r *Redis) PublishBatch(ctx context.Context, room string, msgs []Message) ([]Position, error) {
+// PublishBatch publishes msgs with one script run (one round trip): the
+// rollback check against known, idempotency, sequencing, the capped
+// history stream (entry ID "<seq>-0") and the publish on the room channel
+// happen atomically. Every error wraps ErrUnavailable.
+func (r *Redis) PublishBatch(ctx context.Context, room string, known Position, msgs []Message) ([]Position, error) {
 	if err := rdsCheckRoom(room); err != nil {
 		return nil, err
 	}
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	args := make([]any, 0, 4+len(msgs))
-	args = append(args, rdsNewEpoch(), r.maxLen, r.ttlMS, r.pubCmd)
+	keys := make([]string, 3, 3+len(msgs))
+	keys[0], keys[1], keys[2] = rdsMetaKey(room), rdsHistKey(room), rdsChannel(room)
+	args := make([]any, 0, 8+2*len(msgs))
+	args = append(args, rdsNewEpoch(), r.maxLen, r.ttlMS, r.pubCmd, known.Epoch, known.Seq, r.maxB, r.idemMS)
 	for _, m := range msgs {
-		b, err := json.Marshal(rdsBody{From: m.From, Node: m.Node, Text: m.Text, ID: m.ID, TS: m.TS})
+		b, err := rdsEncodeBody(m)
 		if err != nil {
 			return nil, fmt.Errorf("relay: redis publish %q: encode: %w", room, err)
 		}
-		args = append(args, b)
+		if k := m.IdemKey(); k != "" {
+			keys = append(keys, rdsIdemKey(room, k))
+			args = append(args, "1", b)
+		} else {
+			args = append(args, "0", b)
+		}
 	}
-	res, err := rdsPublishScript.Run(ctx, r.client, []string{rdsMetaKey(room), rdsHistKey(room), rdsChannel(room)}, args...).Slice()
+	res, err := rdsPublishScript.Run(ctx, r.client, keys, args...).Slice()
 	if err != nil {
 		return nil, r.unavailable("publish", room, err)
 	}
-	if len(res) != len(msgs)+1 {
+	if len(res) != 2*len(msgs)+1 {
 		return nil, r.unavailable("publish", room, fmt.Errorf("unexpected reply of %d elements", len(res)))
 	}
 	epoch, _ := res[0].(string)
 	out := make([]Position, len(msgs))
+	published := 0
 	for i := range msgs {
-		seq, ok := res[i+1].(int64)
-		if !ok {
-			return nil, r.unavailable("publish", room, fmt.Errorf("unexpected seq %T", res[i+1]))
+		seq, ok1 := res[1+2*i].(int64)
+		rep, ok2 := res[2+2*i].(int64)
+		if !ok1 || !ok2 {
+			return nil, r.unavailable("publish", room, fmt.Errorf("unexpected reply %T %T", res[1+2*i], res[2+2*i]))
 		}
-		out[i] = Position{Seq: uint64(seq), Epoch: epoch}
+		out[i] = Position{Seq: uint64(seq), Epoch: epoch, Repeat: rep == 1}
+		if rep != 1 {
+			published++
+		}
 	}
-	r.nPublishes.Add(uint64(len(msgs)))
+	r.nPublishes.Add(uint64(published))
 	return out, nil
 }
 
+// Rollover runs the rollback check alone (one script): a room without meta,
+// or held in known.Epoch below known.Seq, starts a new epoch.
+func (r *Redis) Rollover(ctx context.Context, room string, known Position) (Position, error) {
+	if err := rdsCheckRoom(room); err != nil {
+		return Position{}, err
+	}
+	res, err := rdsRolloverScript.Run(ctx, r.client, []string{rdsMetaKey(room), rdsHistKey(room)},
+		rdsNewEpoch(), known.Epoch, known.Seq, r.ttlMS).Slice()
+	if err != nil {
+		return Position{}, r.unavailable("rollover", room, err)
+	}
+	if len(res) != 2 {
+		return Position{}, r.unavailable("rollover", room, fmt.Errorf("unexpected reply of %d elements", len(res)))
+	}
+	epoch, _ := res[0].(string)
+	seq, _ := res[1].(int64)
+	return Position{Seq: uint64(seq), Epoch: epoch}, nil
+}
+
 // History reads a slice of room's history and its position atomically (one
-// script). Reading a room without meta starts its epoch (as Publish would).
+// script). It writes nothing: a room without meta reads as Position{}.
 // Earliest is the lowest seq inside the window of HistorySize messages,
 // even when the approximately trimmed stream still holds older entries.
 func (r *Redis) History(ctx context.Context, room string, req HistoryRequest) (HistoryResult, error) {
@@ -489,7 +548,7 @@ func (r *Redis) History(ctx context.Context, room string, req HistoryRequest) (H
 func (r *Redis) readHistory(ctx context.Context, room string, since, before uint64, limit int) (HistoryResult, error) {
 	var hr HistoryResult
 	res, err := rdsHistoryScript.Run(ctx, r.client, []string{rdsMetaKey(room), rdsHistKey(room)},
-		since, before, limit, r.cfg.HistorySize, rdsNewEpoch(), r.ttlMS).Slice()
+		since, before, limit, r.cfg.HistorySize).Slice()
 	if err != nil {
 		return hr, r.unavailable("history", room, err)
 	}
@@ -546,7 +605,7 @@ func rdsDecodeBody(room string, seq uint64, epoch, body string) (Message, error)
 	if err := json.Unmarshal([]byte(body), &b); err != nil {
 		return Message{}, fmt.Errorf("bad message body: %w", err)
 	}
-	return Message{Room: room, Seq: seq, Epoch: epoch, From: b.From, Node: b.Node, Text: b.Text, ID: b.ID, TS: b.TS}, nil
+	return Message{Room: room, Seq: seq, Epoch: epoch, From: b.From, Node: b.Node, Text: b.Text, ID: b.ID, TS: b.TS, User: b.User}, nil
 }
 
 // Stats returns the broker's counters.

@@ -229,8 +229,16 @@ func brokerContract(t *testing.T, newBroker func(t *testing.T, nodeID string, h 
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(hr.Messages) != 0 || hr.Earliest != 0 || hr.Position.Seq != 0 || hr.Position.Epoch == "" {
-				t.Fatalf("empty room: %+v", hr)
+			if len(hr.Messages) != 0 || hr.Earliest != 0 || hr.Position != (Position{}) {
+				t.Fatalf("never used room: %+v, want nothing and Position{}", hr)
+			}
+			// Subscribe and Rollover start the epoch a read did not.
+			pos, err := b.Rollover(rdsCtx(t), room, Position{})
+			if err != nil || pos.Seq != 0 || pos.Epoch == "" {
+				t.Fatalf("rollover of a new room: %+v %v", pos, err)
+			}
+			if hr, err = b.History(rdsCtx(t), room, HistoryRequest{}); err != nil || hr.Position != pos {
+				t.Fatalf("history after rollover: %+v %v, want %+v", hr, err, pos)
 			}
 		}},
 		{"epoch changes after data loss", func(t *testing.T, b Broker, h *rdsRecorder, room string) {
@@ -246,6 +254,92 @@ func brokerContract(t *testing.T, newBroker func(t *testing.T, nodeID string, h 
 			}
 			if hr.Position != p || !slices.Equal(seqs(hr.Messages), []uint64{1}) || hr.Messages[0].Text != "m1" {
 				t.Fatalf("history after loss: %+v", hr)
+			}
+		}},
+		{"idempotent retry", func(t *testing.T, b Broker, h *rdsRecorder, room string) {
+			if _, err := b.Subscribe(rdsCtx(t), room); err != nil {
+				t.Fatal(err)
+			}
+			first, err := b.Publish(rdsCtx(t), Message{Room: room, From: "ann", Text: "hi", ID: "a1"})
+			if err != nil || first.Repeat {
+				t.Fatal(first, err)
+			}
+			// The same id from the same sender, alone and inside a batch
+			// (twice): the original's seq, marked, published once.
+			again, err := b.Publish(rdsCtx(t), Message{Room: room, From: "ann", Text: "hi", ID: "a1"})
+			if err != nil || again != (Position{Seq: first.Seq, Epoch: first.Epoch, Repeat: true}) {
+				t.Fatalf("retry: %+v %v, want repeat of %+v", again, err, first)
+			}
+			ps, err := b.PublishBatch(rdsCtx(t), room, first, []Message{
+				{From: "ann", Text: "hi", ID: "a1"},
+				{From: "bob", Text: "hi", ID: "a1"},   // another sender, same id
+				{From: "ann", User: "u-ann", ID: "a1"}, // an authenticated identity
+				{From: "ann", Text: "no id"},
+				{From: "ann", Text: "no id"},
+				{From: "bob", Text: "hi", ID: "a1"}, // repeat within the batch
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := first.Epoch
+			want := []Position{{1, e, true}, {2, e, false}, {3, e, false}, {4, e, false}, {5, e, false}, {2, e, true}}
+			if !slices.Equal(ps, want) {
+				t.Fatalf("batch %+v\nwant %+v", ps, want)
+			}
+			hr, err := b.History(rdsCtx(t), room, HistoryRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(seqs(hr.Messages), span(1, 5)) || hr.Messages[2].User != "u-ann" {
+				t.Fatalf("history %+v", hr.Messages)
+			}
+			rdsEventually(t, 5*time.Second, func() error {
+				if n := len(h.roomMsgs(room)); n < 5 {
+					return fmt.Errorf("%d of 5 delivered", n)
+				}
+				return nil
+			})
+			if got := seqs(h.roomMsgs(room)); !slices.Equal(got, span(1, 5)) {
+				t.Fatalf("delivered %v", got)
+			}
+			if st := b.Stats(); st.Publishes != 5 {
+				t.Fatalf("publishes %d, want 5", st.Publishes)
+			}
+		}},
+		{"rolled back bus starts a new epoch", func(t *testing.T, b Broker, h *rdsRecorder, room string) {
+			last := publishN(t, b, room, 3)[2]
+			// A node that delivered up to seq 5 of this epoch: the bus lost
+			// seqs 4 and 5, so the next publish must not reuse them.
+			known := Position{Seq: 5, Epoch: last.Epoch}
+			ps, err := b.PublishBatch(rdsCtx(t), room, known, []Message{{From: "ann", Text: "after", ID: "n1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ps[0].Epoch == last.Epoch || ps[0].Seq != 1 || ps[0].Repeat {
+				t.Fatalf("after rollback: %+v, want seq 1 of a new epoch", ps[0])
+			}
+			// An idempotency key of the old epoch is published anew.
+			p, err := b.Publish(rdsCtx(t), Message{Room: room, From: "ann", Text: "m1", ID: "1"})
+			if err != nil || p != (Position{Seq: 2, Epoch: ps[0].Epoch}) {
+				t.Fatalf("old epoch's id: %+v %v", p, err)
+			}
+			hr, err := b.History(rdsCtx(t), room, HistoryRequest{})
+			if err != nil || !slices.Equal(seqs(hr.Messages), span(1, 2)) || hr.Messages[0].Text != "after" {
+				t.Fatalf("history after rollback: %+v %v", hr, err)
+			}
+			// Known at or below the bus, or of another epoch: no change.
+			for _, k := range []Position{{}, {Seq: 2, Epoch: p.Epoch}, {Seq: 1, Epoch: p.Epoch}, {Seq: 9, Epoch: "other"}} {
+				if pos, err := b.Rollover(rdsCtx(t), room, k); err != nil || pos != p {
+					t.Fatalf("rollover(%+v) = %+v %v, want %+v", k, pos, err, p)
+				}
+			}
+			// Known above the bus in its epoch: a new epoch at seq 0.
+			pos, err := b.Rollover(rdsCtx(t), room, Position{Seq: 3, Epoch: p.Epoch})
+			if err != nil || pos.Seq != 0 || pos.Epoch == p.Epoch || pos.Epoch == "" {
+				t.Fatalf("rollover after loss: %+v %v", pos, err)
+			}
+			if hr, err := b.History(rdsCtx(t), room, HistoryRequest{}); err != nil || len(hr.Messages) != 0 || hr.Position != pos {
+				t.Fatalf("history after rollover: %+v %v", hr, err)
 			}
 		}},
 		{"presence", func(t *testing.T, b Broker, h *rdsRecorder, room string) {

@@ -318,7 +318,7 @@ func (r *Redis) slotOf(room string) int {
 
 // Subscribe starts delivery of room. It returns once Redis confirmed the
 // subscription, then reads the room's position (starting its epoch if it
-// has none). While the bus is down it fails at once with ErrUnavailable.
+// has none, with Rollover). While the bus is down it fails at once with ErrUnavailable.
 // Subscribing an already subscribed room just reads the position.
 func (r *Redis) Subscribe(ctx context.Context, room string) (Position, error) {
 	if err := rdsCheckRoom(room); err != nil {
@@ -373,12 +373,12 @@ func (r *Redis) Subscribe(ctx context.Context, room string) (Position, error) {
 		_ = r.Unsubscribe(context.Background(), room)
 		return Position{}, r.unavailable("subscribe", room, fmt.Errorf("no confirmation: %w", ctx.Err()))
 	}
-	hr, err := r.readHistory(ctx, room, 0, 0, 0)
+	pos, err := r.Rollover(ctx, room, Position{})
 	if err != nil {
 		_ = r.Unsubscribe(context.Background(), room)
 		return Position{}, err
 	}
-	return hr.Position, nil
+	return pos, nil
 }
 
 // Unsubscribe stops delivery of room. A shard left without rooms is closed.

@@ -553,7 +553,7 @@ func TestRedisPublishBatch(t *testing.T) {
 		for i := range msgs {
 			msgs[i] = Message{Text: fmt.Sprint(i)}
 		}
-		ps, err := b.PublishBatch(rdsCtx(t), room, msgs)
+		ps, err := b.PublishBatch(rdsCtx(t), room, Position{}, msgs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -571,7 +571,7 @@ func TestRedisPublishBatch(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := b.PublishBatch(rdsCtx(t), "bad{room}", []Message{{Text: "x"}}); err == nil {
+	if _, err := b.PublishBatch(rdsCtx(t), "bad{room}", Position{}, []Message{{Text: "x"}}); err == nil {
 		t.Fatal("room with braces accepted")
 	}
 }

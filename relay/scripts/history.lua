@@ -1,16 +1,13 @@
--- Read a room's position and a slice of its history, atomically.
--- KEYS[1] meta hash {epoch, seq}, KEYS[2] history stream
+-- Read a room's position and a slice of its history, atomically. It
+-- writes nothing: a room without meta reads as epoch "" and seq 0.
+-- KEYS[1] meta hash {epoch, seq, bytes}, KEYS[2] history stream
 -- ARGV[1] since, ARGV[2] before (0: none), ARGV[3] limit (0: position only)
--- ARGV[4] window (HistorySize), ARGV[5] epoch to use if the room has none,
--- ARGV[6] TTL in ms (for a newly created epoch)
+-- ARGV[4] window (HistorySize)
 -- Returns {epoch, seq, earliest, {{id, {field, value, ...}}, ...}}.
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 local epoch, seq = m[1], tonumber(m[2])
 if not epoch then
-  epoch, seq = ARGV[5], 0
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  return {'', 0, 0, {}}
 end
 local since, before = tonumber(ARGV[1]), tonumber(ARGV[2])
 local limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
