@@ -54,7 +54,7 @@ type Memory struct {
 	closed    bool
 	lastSweep time.Time
 
-	unavailable bool               // test hook, moving to package relaytest
+	unavailable bool              // test hook, moving to package relaytest
 	filter      func(Message) int // test hook, moving to package relaytest
 }
 

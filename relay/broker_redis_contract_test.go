@@ -272,7 +272,7 @@ func brokerContract(t *testing.T, newBroker func(t *testing.T, nodeID string, h 
 			}
 			ps, err := b.PublishBatch(rdsCtx(t), room, first, []Message{
 				{From: "ann", Text: "hi", ID: "a1"},
-				{From: "bob", Text: "hi", ID: "a1"},   // another sender, same id
+				{From: "bob", Text: "hi", ID: "a1"},    // another sender, same id
 				{From: "ann", User: "u-ann", ID: "a1"}, // an authenticated identity
 				{From: "ann", Text: "no id"},
 				{From: "ann", Text: "no id"},
