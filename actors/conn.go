@@ -100,11 +100,11 @@ func (c *conn) enqueue(ctx actor.Context, frame []byte) {
 }
 
 func (c *conn) reply(ctx actor.Context, v any) {
-	c.enqueue(ctx, netpoll.TextFrame(protocol.Encode(v)))
+	c.enqueue(ctx, frameOf(v))
 }
 
 func (c *conn) replyErr(ctx actor.Context, e *protocol.Error) {
-	c.enqueue(ctx, netpoll.TextFrame(protocol.EncodeError(e)))
+	c.enqueue(ctx, errFrame(e))
 }
 
 func (c *conn) close(ctx actor.Context, code ws.StatusCode, reason string) {

@@ -552,9 +552,10 @@ func (s *System) send(t Transport, frame []byte) {
 }
 
 // frameOf encodes a node frame as a complete text frame.
-func frameOf(v any) []byte { return netpoll.TextFrame(protocol.Encode(v)) }
+// The JSON is encoded into a pooled buffer and copied once, into the frame.
+func frameOf(v any) []byte { return protocol.EncodeWith(v, netpoll.TextFrame) }
 
-func errFrame(e *protocol.Error) []byte { return netpoll.TextFrame(protocol.EncodeError(e)) }
+func errFrame(e *protocol.Error) []byte { return frameOf(e.Frame()) }
 
 // messageFrame encodes m as a message frame.
 func messageFrame(m relay.Message) []byte {

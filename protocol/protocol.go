@@ -8,10 +8,12 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -48,8 +50,16 @@ const (
 	CodeNotJoined   = "not_joined"   // send/history/presence/leave on a room not joined
 	CodeBadText     = "bad_text"     // empty text
 	CodeTooMany     = "too_many_rooms"
-	CodeUnavailable = "unavailable" // the bus (Redis) cannot take the message now; nothing was sent
+	CodeUnavailable = "unavailable" // the bus (Redis) cannot take the message now, or the room's publish queue is full; nothing was sent
 	CodeInternal    = "internal"
+	// CodeRateLimited: the connection sent frames faster than its rate
+	// limit; the frame was not served. The error carries retry_after_ms.
+	CodeRateLimited = "rate_limited"
+	// CodeNameTaken: a join to a room where a member of the same name is.
+	CodeNameTaken = "name_taken"
+	// CodeRoomLimit: the join would open a room on a node that holds as
+	// many rooms as it may; try later or on another node.
+	CodeRoomLimit = "room_limit"
 )
 
 // MaxRoomLen is the longest valid room name.
@@ -80,6 +90,9 @@ type Error struct {
 	Code    string
 	Message string
 	ID      string // the id of the client frame that caused it, if any
+	// RetryAfterMS (rate_limited) is how long to wait before the refused
+	// frame would be served, in milliseconds.
+	RetryAfterMS int64
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -110,8 +123,8 @@ func Decode(data []byte) (ClientFrame, error) {
 		if err := CheckRoom(f.Room); err != nil {
 			return f, Errorf(CodeBadRoom, f.ID, "%v", err)
 		}
-		if f.Text == "" {
-			return f, Errorf(CodeBadText, f.ID, "text must not be empty")
+		if err := CheckText(f.Text); err != nil {
+			return f, Errorf(CodeBadText, f.ID, "%v", err)
 		}
 	case TypePing:
 	case "":
@@ -180,6 +193,22 @@ func CheckName(name string) error {
 	for _, r := range name {
 		if r < 0x20 || r == 0x7f || r == '<' || r == '>' || r == '"' || r == '&' {
 			return errors.New("name contains a control character or one of < > \" &")
+		}
+	}
+	return nil
+}
+
+// CheckText reports whether text may be sent as a message: not empty, and
+// without control characters other than tab, line feed and carriage return.
+// JSON encodes any other C0 control character as six bytes ("\u0001"), so
+// refusing them keeps a frame within twice its text's size.
+func CheckText(text string) error {
+	if text == "" {
+		return errors.New("text must not be empty")
+	}
+	for i := 0; i < len(text); i++ {
+		if c := text[i]; c < 0x20 && c != '\t' && c != '\n' && c != '\r' {
+			return errors.New("text contains a control character (only tab, line feed and carriage return are allowed)")
 		}
 	}
 	return nil
@@ -263,6 +292,8 @@ type ErrorFrame struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	ID      string `json:"id,omitempty"`
+	// RetryAfterMS (rate_limited) is how long to wait, in milliseconds.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
 }
 
 // Pong answers ping.
@@ -277,17 +308,60 @@ type Reconnect struct {
 	AfterMS int64  `json:"after_ms"`
 }
 
-// Encode marshals a node frame. The frame types above cannot fail to
-// marshal, so Encode panics on error (a programming error).
+// Encode marshals a node frame as UTF-8 JSON without HTML escaping: a text
+// of '<', '>' or '&' costs one byte per character in the frame, not six
+// ("\u003c"), so a frame's size stays within a few bytes of its text plus
+// the envelope (quotes, backslashes and line breaks take two bytes; control
+// characters, refused in texts by CheckText, would take six). The frame
+// types above cannot fail to marshal, so Encode panics on error (a
+// programming error).
 func Encode(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
+	return EncodeWith(v, bytes.Clone)
+}
+
+// EncodeWith encodes v as Encode does into a pooled buffer and returns
+// wrap(json). The slice handed to wrap is only valid during the call: wrap
+// must copy it (netpoll.TextFrame does, into the frame it builds), which
+// saves the copy Encode would make.
+func EncodeWith(v any, wrap func(json []byte) []byte) []byte {
+	e := encoders.Get().(*encoder)
+	e.buf.Reset()
+	if err := e.enc.Encode(v); err != nil {
 		panic(fmt.Sprintf("protocol: encode %T: %v", v, err))
 	}
-	return b
+	b := e.buf.Bytes()
+	out := wrap(b[:len(b)-1]) // json.Encoder ends each value with '\n'
+	if e.buf.Cap() <= maxPooledBuffer {
+		encoders.Put(e)
+	}
+	return out
 }
+
+// encoder is a json.Encoder bound to its own buffer, kept in a pool so
+// encoding a frame allocates only the frame it returns.
+type encoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// maxPooledBuffer (room for a message frame of the largest text) keeps
+// larger buffers (a history reply) out of the pool, so one big reply does
+// not pin its memory for ever.
+const maxPooledBuffer = 128 << 10
+
+var encoders = sync.Pool{New: func() any {
+	e := &encoder{}
+	e.enc = json.NewEncoder(&e.buf)
+	e.enc.SetEscapeHTML(false)
+	return e
+}}
 
 // EncodeError encodes e as an error frame.
 func EncodeError(e *Error) []byte {
-	return Encode(ErrorFrame{Type: TypeError, Code: e.Code, Message: e.Message, ID: e.ID})
+	return Encode(e.Frame())
+}
+
+// Frame returns e as the error frame a client receives.
+func (e *Error) Frame() ErrorFrame {
+	return ErrorFrame{Type: TypeError, Code: e.Code, Message: e.Message, ID: e.ID, RetryAfterMS: e.RetryAfterMS}
 }

@@ -35,6 +35,9 @@ func TestDecode(t *testing.T) {
 		{"room max", `{"type":"join","room":"` + strings.Repeat("a", 64) + `"}`, ClientFrame{Type: "join", Room: strings.Repeat("a", 64)}, "", ""},
 		{"empty room", `{"type":"send","room":"","text":"x"}`, ClientFrame{}, CodeBadRoom, ""},
 		{"empty text", `{"type":"send","room":"r","id":"c5"}`, ClientFrame{}, CodeBadText, "c5"},
+		{"control character in text", `{"type":"send","room":"r","text":"a\u0001b","id":"c8"}`, ClientFrame{}, CodeBadText, "c8"},
+		{"escape in text", `{"type":"send","room":"r","text":"\u001b[31m"}`, ClientFrame{}, CodeBadText, ""},
+		{"tab and line breaks in text", `{"type":"send","room":"r","text":"a\tb\r\nc <&>"}`, ClientFrame{Type: "send", Room: "r", Text: "a\tb\r\nc <&>"}, "", ""},
 		{"negative limit", `{"type":"history","room":"r","limit":-1}`, ClientFrame{}, CodeBadRequest, ""},
 	}
 	for _, tc := range cases {
