@@ -1,0 +1,413 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"parley/node"
+	"parley/relay/redistest"
+)
+
+// TestSendAndReceive: two clients in a room; one sends pipelined messages:
+// each is acked with its own seq, and both clients receive all of them in
+// seq order, once.
+func TestSendAndReceive(t *testing.T) {
+	n := startNode(t, node.Config{})
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "ann"})
+	b := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "bob"})
+	ca, cb := collect(t, a), collect(t, b)
+	join(t, a, "lobby")
+	join(t, b, "lobby")
+	const total = 200
+	want := texts("m", total)
+	acks := make([]Ack, total)
+	var wg sync.WaitGroup
+	errs := make(chan error, total)
+	for i := range want {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ack, err := a.Send(ctxT(t, 10*time.Second), "lobby", want[i])
+			if err != nil {
+				errs <- err
+			}
+			acks[i] = ack
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seqs := map[uint64]bool{}
+	for _, ack := range acks {
+		if ack.Seq == 0 || seqs[ack.Seq] || ack.Room != "lobby" || ack.Repeat {
+			t.Fatalf("ack %+v: zero, repeated or marked repeat", ack)
+		}
+		seqs[ack.Seq] = true
+	}
+	for name, col := range map[string]*collector{"ann": ca, "bob": cb} {
+		col.await(t, 10*time.Second, name+"'s messages", func() bool { return len(col.messages("lobby")) >= total })
+		got := checkOrder(t, col.messages("lobby"))
+		slices.Sort(got)
+		w := slices.Clone(want)
+		slices.Sort(w)
+		if !slices.Equal(got, w) {
+			t.Fatalf("%s received %d messages, not the %d sent", name, len(got), total)
+		}
+	}
+	if st := a.Stats(); st.Sends != total || st.Acks != total || st.Unanswered != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestResumeAfterLostConnection: the network under a client is cut while
+// another client sends; it reconnects by itself, rejoins with since, and
+// receives every message once, in order.
+func TestResumeAfterLostConnection(t *testing.T) {
+	n := startNode(t, node.Config{})
+	var cut cutter
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "ann", NetDial: cut.dial})
+	b := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "bob"})
+	ca := collect(t, a)
+	join(t, a, "r")
+	join(t, b, "r")
+	const total = 60
+	cuts := 0
+	for i, text := range texts("m", total) {
+		switch i % 15 {
+		case 5:
+			cut.cut()
+			cuts++
+		case 10:
+			ca.await(t, 10*time.Second, "the reconnect", func() bool { return ca.count(EventReconnected) == cuts })
+		}
+		if _, err := b.Send(ctxT(t, 10*time.Second), "r", text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca.await(t, 15*time.Second, "every message after the cuts", func() bool { return len(ca.messages("r")) >= total })
+	got := checkOrder(t, ca.messages("r"))
+	if !slices.Equal(got, texts("m", total)) {
+		t.Fatalf("received %v", got)
+	}
+	if ca.count(EventReconnected) != 4 || ca.count(EventReset) != 0 || cut.dialCount() != 5 {
+		t.Fatalf("%d reconnected, %d reset events, %d dials; want 4, 0, 5", ca.count(EventReconnected), ca.count(EventReset), cut.dialCount())
+	}
+}
+
+// TestUnansweredSendsResentAfterCut: sends written just before the network
+// goes are sent again with their ids on the next connection and all get an
+// answer; every acked seq reaches a reader once.
+func TestUnansweredSendsResentAfterCut(t *testing.T) {
+	n := startNode(t, node.Config{})
+	var cut cutter
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "ann", NetDial: cut.dial})
+	b := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "bob"})
+	cb := collect(t, b)
+	join(t, a, "r")
+	join(t, b, "r")
+	const total = 100
+	acks := make(chan Ack, total)
+	var wg sync.WaitGroup
+	for _, text := range texts("m", total) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ack, err := a.Send(ctxT(t, 20*time.Second), "r", text)
+			if err != nil {
+				t.Errorf("send %s: %v", text, err)
+				return
+			}
+			acks <- ack
+		}()
+	}
+	cut.cut()
+	wg.Wait()
+	close(acks)
+	acked := map[uint64]bool{}
+	for ack := range acks {
+		acked[ack.Seq] = true
+	}
+	if len(acked) != total {
+		t.Fatalf("%d distinct acked seqs for %d sends", len(acked), total)
+	}
+	cb.await(t, 10*time.Second, "every acked message at the reader", func() bool {
+		got := 0
+		for _, m := range cb.messages("r") {
+			if acked[m.Seq] {
+				got++
+			}
+		}
+		return got == total
+	})
+	checkOrder(t, cb.messages("r"))
+	if st := a.Stats(); st.Unanswered != 0 || st.Acks != total {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestDrainMovesToTheNextNode: two nodes on one Redis; the first drains.
+// Its client gets reconnect and 1001, moves to the second node, rejoins
+// with since, and neither loses nor repeats a message; sends keep working.
+func TestDrainMovesToTheNextNode(t *testing.T) {
+	r := redistest.Start(t)
+	n1 := startNode(t, node.Config{NodeID: "d1", Broker: redisBroker(t, r.URL(), "d1"), ReconnectAfter: 50 * time.Millisecond})
+	n2 := startNode(t, node.Config{NodeID: "d2", Broker: redisBroker(t, r.URL(), "d2")})
+	a := newClient(t, Config{Addrs: []string{n1.Addr(), n2.Addr()}, Name: "ann"})
+	b := newClient(t, Config{Addrs: []string{n2.Addr()}, Name: "bob"})
+	ca := collect(t, a)
+	join(t, a, "r")
+	join(t, b, "r")
+	if a.Node() != "d1" {
+		t.Fatalf("client on %q, want d1", a.Node())
+	}
+	for _, text := range texts("before", 10) {
+		if _, err := b.Send(ctxT(t, 10*time.Second), "r", text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca.await(t, 10*time.Second, "messages before the drain", func() bool { return len(ca.messages("r")) == 10 })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		shutdown(t, n1)
+	}()
+	for _, text := range texts("during", 10) {
+		if _, err := b.Send(ctxT(t, 10*time.Second), "r", text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	if _, err := a.Send(ctxT(t, 10*time.Second), "r", "from-ann"); err != nil {
+		t.Fatalf("send after the drain: %v", err)
+	}
+	ca.await(t, 10*time.Second, "every message after the drain", func() bool { return len(ca.messages("r")) == 21 })
+	got := checkOrder(t, ca.messages("r"))
+	want := append(append(texts("before", 10), texts("during", 10)...), "from-ann")
+	if !slices.Equal(got, want) {
+		t.Fatalf("received %v", got)
+	}
+	if a.Node() != "d2" || a.Stats().Notices != 1 {
+		t.Fatalf("client on %q with %d notices, want d2 and 1", a.Node(), a.Stats().Notices)
+	}
+}
+
+// TestUnavailableRetriedWithSameID: Redis is down when the client sends;
+// the node answers unavailable, the client retries the same id until Redis
+// is back, and the message is acked and in history once.
+func TestUnavailableRetriedWithSameID(t *testing.T) {
+	r := redistest.Start(t)
+	n := startNode(t, node.Config{Broker: redisBroker(t, r.URL(), "u1")})
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "ann"})
+	join(t, a, "r")
+	if _, err := a.Send(ctxT(t, 10*time.Second), "r", "first"); err != nil {
+		t.Fatal(err)
+	}
+	r.Kill()
+	res := make(chan error, 1)
+	go func() {
+		_, err := a.SendID(ctxT(t, 60*time.Second), "r", "retry-me", "second")
+		res <- err
+	}()
+	// Wait until the node has refused it at least once.
+	deadline := time.Now().Add(20 * time.Second)
+	for a.Stats().Retries == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the send was never refused while Redis was down")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the client's counter
+	}
+	r.Start(t)
+	if err := <-res; err != nil {
+		t.Fatalf("send after Redis came back: %v", err)
+	}
+	hist, err := a.History(ctxT(t, 10*time.Second), "r", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := 0
+	for _, m := range hist {
+		if m.ID == "retry-me" {
+			n2++
+		}
+	}
+	if n2 != 1 {
+		t.Fatalf("history holds the retried message %d times: %+v", n2, hist)
+	}
+}
+
+// TestRefusals: what the node (or what stands in its place) refuses ends
+// the client with a *RefusedError instead of a reconnect loop.
+func TestRefusals(t *testing.T) {
+	n := startNode(t, node.Config{})
+	forbidden := httpServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "token expired", http.StatusForbidden)
+	})
+	policy := wsServer(t, func(nc net.Conn) {
+		writeServerFrame(nc, ws.OpText, []byte(`{"type":"welcome","node":"x","session":"x-1","name":"ann"}`))
+		writeServerFrame(nc, ws.OpClose, ws.NewCloseFrameBody(ws.StatusPolicyViolation, "auth revoked"))
+	})
+	cases := []struct {
+		name   string
+		cfg    Config
+		status int
+		close  int
+		atDial bool
+	}{
+		{name: "unknown path", cfg: Config{Addrs: []string{"ws://" + n.Addr() + "/nope"}}, status: 404, atDial: true},
+		{name: "bad name", cfg: Config{Addrs: []string{n.Addr()}, Name: "<script>"}, atDial: true},
+		{name: "HTTP 403", cfg: Config{Addrs: []string{forbidden}}, status: 403, atDial: true},
+		{name: "close 1008 after welcome", cfg: Config{Addrs: []string{policy}}, close: 1008},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.MinBackoff, tc.cfg.MaxBackoff = 10*time.Millisecond, 50*time.Millisecond
+			c, err := Dial(ctxT(t, 5*time.Second), tc.cfg)
+			if !tc.atDial {
+				if err != nil {
+					t.Fatalf("dial: %v", err)
+				}
+				defer c.Close()
+				select {
+				case <-c.Done():
+				case <-time.After(5 * time.Second):
+					t.Fatal("the client did not end after the refusal")
+				}
+				err = c.Err()
+				if _, serr := c.Send(ctxT(t, time.Second), "r", "x"); !errors.Is(serr, err) {
+					t.Fatalf("send after the refusal: %v, want %v", serr, err)
+				}
+			}
+			var re *RefusedError
+			if !errors.As(err, &re) {
+				t.Fatalf("got %v, want a *RefusedError", err)
+			}
+			if re.Status != tc.status || re.CloseCode != tc.close {
+				t.Fatalf("refusal %+v, want status %d close %d", re, tc.status, tc.close)
+			}
+		})
+	}
+}
+
+// TestJoinAndSendErrors: errors the client does not retry reach the caller.
+func TestJoinAndSendErrors(t *testing.T) {
+	n := startNode(t, node.Config{MaxRoomsPerConn: 1})
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, MaxMessageSize: 1000})
+	join(t, a, "one")
+	var se *ServerError
+	if err := a.Join(ctxT(t, 5*time.Second), "two"); !errors.As(err, &se) || se.Code != "too_many_rooms" {
+		t.Fatalf("second join: %v, want too_many_rooms", err)
+	}
+	if err := a.Join(ctxT(t, 5*time.Second), "bad room"); err == nil {
+		t.Fatal("a bad room name was accepted")
+	}
+	if _, err := a.Send(ctxT(t, 5*time.Second), "one", strings.Repeat("x", 1000)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("large send: %v, want ErrTooLarge", err)
+	}
+	if _, err := a.Send(ctxT(t, 5*time.Second), "elsewhere", "x"); !errors.As(err, &se) || se.Code != "not_joined" {
+		t.Fatalf("send to a room not joined: %v, want not_joined", err)
+	}
+	if err := a.Leave(ctxT(t, 5*time.Second), "one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Join(ctxT(t, 5*time.Second), "two"); err != nil {
+		t.Fatalf("join after leave: %v", err)
+	}
+}
+
+// TestCloseFailsWaitingCalls: a send waiting for a node that never comes
+// back ends with ErrClosed when the client is closed.
+func TestCloseFailsWaitingCalls(t *testing.T) {
+	n, err := node.New(node.Config{Listen: "127.0.0.1:0", Admin: "-", ShutdownGrace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := newClient(t, Config{Addrs: []string{n.Addr()}})
+	join(t, a, "r")
+	shutdown(t, n)
+	res := make(chan error, 1)
+	go func() {
+		_, err := a.Send(context.Background(), "r", "never")
+		res <- err
+	}()
+	a.Close()
+	if err := <-res; !errors.Is(err, ErrClosed) {
+		t.Fatalf("send: %v, want ErrClosed", err)
+	}
+	if _, ok := <-a.Events(); ok {
+		t.Fatal("Events not closed")
+	}
+}
+
+// httpServer serves h on a free 127.0.0.1 port and returns its address.
+func httpServer(t testing.TB, h http.HandlerFunc) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: h}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
+}
+
+// wsServer accepts WebSocket upgrades on a free port and runs serve on each
+// connection (a stand-in for node behaviour no node shows yet).
+func wsServer(t testing.TB, serve func(net.Conn)) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer nc.Close()
+				nc.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := ws.Upgrade(nc); err != nil {
+					return
+				}
+				serve(nc)
+				// Wait for the client's close reply.
+				for {
+					if _, err := ws.ReadFrame(nc); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+func writeServerFrame(nc net.Conn, op ws.OpCode, p []byte) {
+	if err := ws.WriteFrame(nc, ws.NewFrame(op, true, p)); err != nil {
+		panic(fmt.Sprintf("write: %v", err))
+	}
+}
