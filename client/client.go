@@ -249,27 +249,27 @@ type Client struct {
 	idPrefix string
 	events   *eventQueue
 	out      chan Event
-	quit     chan struct{} // closed by Close or a fatal error
+	quit     chan struct{}   // closed by Close or a fatal error
 	ctx      context.Context // cancelled with quit: ends a dial in progress
 	cancel   context.CancelFunc
 	down     chan struct{} // capacity 1: the current connection ended
 	wg       sync.WaitGroup
 
-	mu        sync.Mutex // guards the following
-	cur       *conn      // current connection; nil while reconnecting
-	curSince  time.Time  // when cur was installed
-	draining  bool       // cur sent reconnect (or draining): write nothing new on it
-	resumeAt  time.Time  // reconnect not before (a notice's after_ms)
-	addrIdx   int
-	rooms     map[string]*roomState
-	sends     map[string]*pendingSend
-	reqs      map[string][]*request // key type+" "+room, in request order
-	leaves    map[string][]chan error
-	n         uint64 // id counter
-	closed    bool
-	err       error // the refusal that ended the client
-	quitOnce  sync.Once
-	stats     Stats
+	mu       sync.Mutex // guards the following
+	cur      *conn      // current connection; nil while reconnecting
+	curSince time.Time  // when cur was installed
+	draining bool       // cur sent reconnect (or draining): write nothing new on it
+	resumeAt time.Time  // reconnect not before (a notice's after_ms)
+	addrIdx  int
+	rooms    map[string]*roomState
+	sends    map[string]*pendingSend
+	reqs     map[string][]*request // key type+" "+room, in request order
+	leaves   map[string][]chan error
+	n        uint64 // id counter
+	closed   bool
+	err      error // the refusal that ended the client
+	quitOnce sync.Once
+	stats    Stats
 }
 
 // Dial connects to the first address that accepts (trying each in turn, with
