@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Runs Parley's benchmark matrix against Parley and the Node.js baseline and
+# Runs Parley's benchmark matrix against the floor (parley-bench floor: the
+# least a fan-out server must do), Parley and the Node.js baseline, and
 # rewrites the bench section of BENCHMARKS.md (between <!-- bench:begin -->
 # and <!-- bench:end -->). HTML reports and raw results go to bench/reports/.
 #
 # Usage (from anywhere; paths are relative to the repo root):
-#   bench/run.sh            full matrix, median of 3 runs (≈ 10–15 min)
+#   bench/run.sh            full matrix (≈ 15 min; the log says how long each scenario took)
 #   bench/run.sh --quick    smaller numbers, 1 run; writes bench/reports/BENCHMARKS-quick.md
 #   bench/run.sh --md FILE  write the tables into FILE instead
-# Environment: PARLEY_BENCH_RUNS (runs per configuration),
-#   PARLEY_BENCH_SYSTEMS (default "parley baseline"; "parley-plain" adds Parley on the plain protocol),
-#   PARLEY_BENCH_SCENARIOS (default "idle fanout-100 fanout-1000 cross-100").
+# Environment:
+#   PARLEY_BENCH_RUNS       runs of each repeated scenario (default 3: medians of 3)
+#   PARLEY_BENCH_SCENARIOS  which scenarios (default: all of the matrix below, in order)
+#   PARLEY_BENCH_SYSTEMS    restrict every scenario to these systems (default: as in the matrix)
+#   PARLEY_BENCH_NODE_FLAGS extra flags for every Parley node (e.g. "--gc-percent 100")
+# Systems: floor (parley-bench floor), parley (one node, embedded bus),
+#   parley-redis (one node on Redis), parley-plain (Parley on /), baseline
+#   (bench/baseline-node on Redis). A cross-node scenario runs Parley and the
+#   baseline on two nodes, and the floor, which has one process, alone with
+#   the same clients and rate.
 # Every process it starts (redis-server on a free port, nodes, load generators)
 # is killed by PID when it exits.
 set -euo pipefail
@@ -34,23 +42,44 @@ while [[ $# -gt 0 ]]; do
 	shift
 done
 
+# The matrix: scenario, runs (R = $runs, else a fixed count), systems; a
+# system written SYSTEM:N runs at most N times. Memory slopes and the join
+# storm are steady from run to run: one run each; latency, throughput and
+# connect rate are medians of $runs, the baseline's (far from Parley's) of one.
+matrix="
+idle          1 parley baseline
+idle-lobby    1 parley
+idle-room     1 parley
+idle-rooms100 1 parley
+connect       R floor parley baseline:1
+fanout-100    R floor parley baseline:1
+fanout-1000   R floor parley parley-redis baseline:1
+cross-100     R floor parley baseline:1
+cross-1000    1 floor parley
+rooms         1 parley-redis
+storm         1 parley
+"
 if [[ $quick -eq 1 ]]; then
 	runs="${PARLEY_BENCH_RUNS:-1}"
 	steps="500,2000"
-	clients=200
-	senders=20
-	duration=3s
+	clients=200 senders=20 duration=3s
+	connects=2000
+	cross_clients=400
+	rooms_clients=1000 rooms=100
+	storm_clients=500
 	md="${md:-bench/reports/BENCHMARKS-quick.md}"
 else
 	runs="${PARLEY_BENCH_RUNS:-3}"
 	steps="2000,15000"
-	clients=1000
-	senders=100
-	duration=10s
+	clients=1000 senders=100 duration=10s
+	connects=10000
+	cross_clients=2000
+	rooms_clients=10000 rooms=1000
+	storm_clients=5000
 	md="${md:-BENCHMARKS.md}"
 fi
-systems="${PARLEY_BENCH_SYSTEMS:-parley baseline}"
-scenarios="${PARLEY_BENCH_SCENARIOS:-idle fanout-100 fanout-1000 cross-100}"
+scenarios="${PARLEY_BENCH_SCENARIOS:-$(echo "$matrix" | awk 'NF {print $1}' | tr '\n' ' ')}"
+read -r -a node_flags <<<"${PARLEY_BENCH_NODE_FLAGS:-}"
 
 reports=bench/reports
 logs="$reports/logs"
@@ -63,13 +92,10 @@ log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 log "building bin/parley-bench and bin/parley"
 go build -o bin/parley-bench ./cmd/parley-bench
 pb=bin/parley-bench
+have_parley=1
 if ! go build -o bin/parley ./cmd/parley 2>"$logs/build-parley.log"; then
 	log "cmd/parley does not build (see $logs/build-parley.log): Parley is left out"
-	systems="$(echo "$systems" | tr ' ' '\n' | grep -v '^parley' | tr '\n' ' ')"
-fi
-parley_redis=0
-if [[ -x bin/parley ]] && bin/parley -h 2>&1 | grep -q -- '-redis'; then
-	parley_redis=1
+	have_parley=0
 fi
 if [[ ! -d bench/baseline-node/node_modules/ws || ! -d bench/baseline-node/node_modules/redis ]]; then
 	log "installing the baseline's modules (npm ci)"
@@ -98,104 +124,155 @@ wait_port() { # port: wait (bounded, 15 s) until something accepts on 127.0.0.1:
 	return 1
 }
 
-start_redis() { # sets redis_url
+start_redis() { # sets redis_url and redis_pid
 	local port
 	port="$($pb freeport)"
 	redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >"$logs/redis-$port.log" 2>&1 &
-	pids+=($!)
+	redis_pid=$!
+	pids+=("$redis_pid")
 	wait_port "$port"
 	redis_url="redis://127.0.0.1:$port/0"
 }
 
-# start_node SYSTEM ID [REDIS_URL]: sets node_url, node_admin, node_pid, node_proto.
+# start_node SYSTEM ID [REDIS_URL]: sets node_base (ws://127.0.0.1:PORT),
+# node_url (its endpoint for the system's protocol), node_proto, node_pid and
+# node_probe (the --admin/--pid flags that read it).
 start_node() {
 	local system="$1" id="$2" redis="${3:-}" lp ap
 	lp="$($pb freeport)"
+	node_base="ws://127.0.0.1:$lp"
 	case "$system" in
-	parley | parley-plain)
+	parley | parley-redis | parley-plain)
 		ap="$($pb freeport)"
 		local extra=()
 		if [[ -n "$redis" ]]; then
 			extra=(--redis "$redis")
 		fi
-		bin/parley --listen "127.0.0.1:$lp" --admin "127.0.0.1:$ap" --node-id "$id" --log-level warn "${extra[@]}" \
-			>"$logs/parley-$id-$lp.log" 2>&1 &
+		bin/parley --listen "127.0.0.1:$lp" --admin "127.0.0.1:$ap" --node-id "$id" --log-level warn \
+			"${extra[@]}" "${node_flags[@]}" >"$logs/$system-$id-$lp.log" 2>&1 &
 		node_pid=$!
 		pids+=("$node_pid")
 		wait_port "$lp"
 		wait_port "$ap"
-		node_admin="127.0.0.1:$ap"
-		if [[ "$system" == parley ]]; then
-			node_proto=json
-			node_url="ws://127.0.0.1:$lp/ws"
+		node_probe=(--admin "127.0.0.1:$ap" --pid "$node_pid")
+		if [[ "$system" == parley-plain ]]; then
+			node_proto=plain node_url="$node_base/"
 		else
-			node_proto=plain
-			node_url="ws://127.0.0.1:$lp/"
+			node_proto=json node_url="$node_base/ws"
 		fi
+		;;
+	floor)
+		"$pb" floor --listen "127.0.0.1:$lp" >"$logs/floor-$id-$lp.log" 2>&1 &
+		node_pid=$!
+		pids+=("$node_pid")
+		wait_port "$lp"
+		node_probe=(--pid "$node_pid")
+		node_proto=plain node_url="$node_base/"
 		;;
 	baseline)
 		local line
 		line="$(BASELINE_LOG_DIR="$logs" bench/baseline-node/start.sh "$redis" "$lp")"
 		node_pid="${line%% *}"
 		pids+=("$node_pid")
-		node_admin="127.0.0.1:$lp"
-		node_proto=plain
-		node_url="ws://127.0.0.1:$lp/"
+		node_probe=(--admin "127.0.0.1:$lp" --pid "$node_pid")
+		node_proto=plain node_url="$node_base/"
 		;;
 	esac
 }
 
 needs_redis() { # system scenario
-	[[ "$1" == baseline || "$2" == cross-* ]]
+	[[ "$1" == baseline || "$1" == parley-redis || ("$2" == cross-* && "$1" != floor) ]]
+}
+
+# run_bench TIMEOUT ARGS…: one parley-bench run, recorded; a failure is logged, not fatal.
+run_bench() {
+	local limit="$1"
+	shift
+	timeout "$limit" "$pb" "$@" "${common[@]}" >"$out" 2>"$out.err" || log "$system $scenario run $run failed (see $out.err)"
 }
 
 run_one() { # system scenario run
-	local system="$1" scenario="$2" run="$3" redis_url=""
-	if [[ "$scenario" == cross-* && "$system" == parley* && $parley_redis -eq 0 ]]; then
-		log "skip $system/$scenario: bin/parley has no --redis flag"
+	local system="$1" scenario="$2" run="$3" redis_url="" redis_pid=""
+	if [[ "$system" == parley* && $have_parley -eq 0 ]]; then
 		return 0
 	fi
 	if needs_redis "$system" "$scenario"; then
 		start_redis
 	fi
 	start_node "$system" n1 "$redis_url"
-	local url1="$node_url" admin1="$node_admin" pid1="$node_pid" proto="$node_proto"
+	local url1="$node_url" base1="$node_base" proto="$node_proto" probe1=("${node_probe[@]}")
 	local common=(--record "$results" --system "$system" --scenario "$scenario" --run "$run"
 		--html "$reports/$system-$scenario-r$run.html" --json --label "$system/$scenario/r$run")
 	local out="$logs/$system-$scenario-r$run.json"
+	local fan=(fanout --proto "$proto" --senders "$senders" --duration "$duration" --size 64 --drain 10s)
 	log "run $run: $system $scenario"
 	case "$scenario" in
 	idle)
-		timeout 300 "$pb" idle --url "$url1" --proto "$proto" --steps "$steps" --admin "$admin1" --pid "$pid1" \
-			--settle 15s --hold 2s "${common[@]}" >"$out" || log "$system $scenario run $run failed"
+		run_bench 300 idle --url "$url1" --proto "$proto" --steps "$steps" "${probe1[@]}" --settle 15s --hold 2s
+		;;
+	idle-lobby)
+		run_bench 300 idle --url "$base1/" --proto plain --join --read-every 1s --steps "$steps" "${probe1[@]}" --settle 15s --hold 2s
+		;;
+	idle-room | idle-rooms100)
+		local r=1
+		[[ "$scenario" == idle-rooms100 ]] && r=100
+		run_bench 240 idle --url "$base1/ws" --proto json --join --rooms "$r" --read-every 1s --steps "$steps" \
+			"${probe1[@]}" --settle 15s --hold 2s
+		;;
+	connect)
+		run_bench 120 connect --url "$url1" --proto "$proto" --steps "$connects"
 		;;
 	fanout-*)
-		local rate="${scenario#fanout-}"
-		timeout 120 "$pb" fanout --url "$url1" --proto "$proto" --clients "$clients" --senders "$senders" \
-			--rate "$rate" --duration "$duration" --size 64 --drain 10s --admin "$admin1" --pid "$pid1" \
-			"${common[@]}" >"$out" || log "$system $scenario run $run failed"
+		run_bench 120 "${fan[@]}" --url "$url1" --clients "$clients" --rate "${scenario#fanout-}" "${probe1[@]}"
 		;;
 	cross-*)
-		local rate="${scenario#cross-}"
-		start_node "$system" n2 "$redis_url"
-		timeout 120 "$pb" fanout --url "$url1" --url "$node_url" --cross-node --proto "$proto" \
-			--clients "$clients" --senders "$senders" --rate "$rate" --duration "$duration" --size 64 --drain 10s \
-			--admin "$admin1" --admin "$node_admin" --pid "$pid1" --pid "$node_pid" \
-			"${common[@]}" >"$out" || log "$system $scenario run $run failed"
+		local cc="$clients"
+		[[ "$scenario" == cross-1000 ]] && cc="$cross_clients"
+		if [[ "$system" == floor ]]; then # one process: the same clients and rate on one floor
+			run_bench 120 "${fan[@]}" --url "$url1" --clients "$cc" --rate "${scenario#cross-}" "${probe1[@]}"
+		else
+			start_node "$system" n2 "$redis_url"
+			run_bench 120 "${fan[@]}" --url "$url1" --url "$node_url" --cross-node --clients "$cc" \
+				--rate "${scenario#cross-}" "${probe1[@]}" "${node_probe[@]}" --pid "$redis_pid"
+		fi
+		;;
+	rooms) # rooms of 10, one sender per room at 1 msg/s
+		run_bench 180 "${fan[@]}" --url "$url1" --clients "$rooms_clients" --rooms "$rooms" --senders "$rooms" \
+			--rate "$rooms" --connect-timeout 20s "${probe1[@]}" --pid "$redis_pid"
+		;;
+	storm)
+		run_bench 240 storm --url "$url1" --clients "$storm_clients" --room-prefix storm --quiet 2s --drain 120s \
+			--connect-timeout 20s "${probe1[@]}"
 		;;
 	esac
 	stop_started
 }
 
 started=$(date +%s)
-for run in $(seq 1 "$runs"); do
-	for scenario in $scenarios; do
-		for system in $systems; do
-			run_one "$system" "$scenario" "$run"
+for scenario in $scenarios; do
+	line="$(echo "$matrix" | awk -v s="$scenario" '$1 == s')"
+	if [[ -z "$line" ]]; then
+		log "unknown scenario $scenario (the matrix has: $(echo "$matrix" | awk 'NF {print $1}' | tr '\n' ' '))"
+		exit 2
+	fi
+	read -r _ n sys <<<"$line"
+	[[ "$n" == R ]] && n="$runs"
+	if [[ -n "${PARLEY_BENCH_SYSTEMS:-}" ]]; then
+		sys="$(for s in $sys; do [[ " $PARLEY_BENCH_SYSTEMS " == *" ${s%%:*} "* ]] && echo "$s" || true; done | tr '\n' ' ')"
+	fi
+	t0=$(date +%s)
+	for run in $(seq 1 "$n"); do
+		for entry in $sys; do
+			system="${entry%%:*}" cap="$n"
+			[[ "$entry" == *:* ]] && cap="${entry#*:}"
+			if [[ $run -le $cap ]]; then
+				run_one "$system" "$scenario" "$run"
+			fi
 		done
 	done
+	log "$scenario: $(($(date +%s) - t0)) s"
 done
 
-notes="Parley speaks protocol v1 (JSON on /ws, room \`bench0\`) and runs one node on its embedded broker; the baseline is the Node.js ws + Redis design of bench/baseline-node (plain text on /, one Redis channel). Cross-node: both systems with Redis. Latency: the send timestamp carried in the payload → receipt by the client. Loss: expected deliveries (messages × room members) not received within the drain (at most 10 s after sending stops). Node CPU: % of one core from /proc; bench CPU: the load generator itself. Raw results: bench/reports/results.jsonl; HTML reports: bench/reports/*.html."
+notes="Systems: **floor** is \`parley-bench floor\` (one broadcaster goroutine, plain frames, frames that queue while it writes go out together in one write per socket: the least any fan-out server does); **parley** one node on its embedded bus, protocol v1 (JSON on /ws, rooms \`bench0\`…); **parley-redis** the same node on Redis; **baseline** the Node.js ws + Redis design of bench/baseline-node (plain text on /, one Redis channel). Cross-node: Parley and the baseline on two nodes and Redis, the floor alone with the same clients and rate. Idle: \`joined\` says whether each connection was in a room before it counted (lobby on /; join → joined on /ws); joined connections read what the node sends once a second. Latency: the send timestamp carried in the payload → receipt by the client. Loss: expected deliveries (messages × room members) not received within the drain (at most 10 s after sending stops). Node CPU: % of one core from /proc (cross-node and rooms: the nodes, then Redis); bench CPU: the load generator itself. Raw results: bench/reports/results.jsonl; HTML reports: bench/reports/*.html."
 "$pb" report --results "$results" --md "$md" --notes "$notes"
 log "done in $(($(date +%s) - started)) s: tables in $md, HTML reports in $reports/"

@@ -248,9 +248,12 @@ func renderMarkdown(recs []record, machine, notes string) (string, error) {
 		b.WriteString("\n" + notes + "\n")
 	}
 	writeIdleTable(&b, groups)
-	fanTable(&b, groups, "2. Fan-out, one node (one room, 64-byte messages)", func(f *fanoutResult) bool { return !f.CrossNode && f.Rooms == 1 })
-	fanTable(&b, groups, "3. Cross-node (2 nodes + Redis, senders on node 1, receivers half on each)", func(f *fanoutResult) bool { return f.CrossNode })
-	fanTable(&b, groups, "4. Many rooms, many senders (one sender per room; the floor has no rooms)", func(f *fanoutResult) bool { return !f.CrossNode && f.Rooms > 1 })
+	// A scenario's floor row goes with the scenario: the floor runs a
+	// cross-node scenario alone, with the same clients and rate.
+	cross := func(g *group) bool { return scenarioIs(groups, g.scenario, func(f *fanoutResult) bool { return f.CrossNode }) }
+	fanTable(&b, groups, "2. Fan-out, one node (one room, 64-byte messages)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms == 1 })
+	fanTable(&b, groups, "3. Cross-node (2 nodes + Redis, senders on node 1, receivers half on each; the floor: one process, same clients and rate)", cross)
+	fanTable(&b, groups, "4. Many rooms, many senders (one sender per room; the floor has no rooms)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms > 1 })
 	writeStormTable(&b, groups)
 	writeConnectTable(&b, groups)
 	b.WriteString("\n<details><summary>Exact commands (first run of each; ports differ per run)</summary>\n\n```\n")
@@ -338,12 +341,22 @@ func writeIdleTable(b *strings.Builder, groups []*group) {
 	}
 }
 
-// fanTable writes the fan-out groups whose first run passes keep.
-func fanTable(b *strings.Builder, groups []*group, title string, keep func(*fanoutResult) bool) {
+// scenarioIs reports whether the first run of any group of scenario passes is.
+func scenarioIs(groups []*group, scenario string, is func(*fanoutResult) bool) bool {
+	for _, g := range groups {
+		if g.scenario == scenario && len(g.fan) > 0 && is(g.fan[0]) {
+			return true
+		}
+	}
+	return false
+}
+
+// fanTable writes the fan-out groups that keep selects.
+func fanTable(b *strings.Builder, groups []*group, title string, keep func(*group) bool) {
 	fmt.Fprintf(b, "\n### %s\n\n", title)
 	b.WriteString("| system | proto | runs | clients / rooms / senders | send time | target msgs/s | sent | expected deliveries | loss | dup / out-of-order | deliveries/s | p50 | p90 | p99 | p99.9 | max | node CPU % | bench CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range groups {
-		if len(g.fan) == 0 || g.fan[0].Mode != "fanout" || !keep(g.fan[0]) {
+		if len(g.fan) == 0 || g.fan[0].Mode != "fanout" || !keep(g) {
 			continue
 		}
 		f := g.fan[0]

@@ -160,7 +160,7 @@ func (f *floorServer) serve(nc net.Conn) {
 // read hands every text payload of c to the broadcaster until c ends.
 func (f *floorServer) read(c *floorConn) {
 	var p frameParser
-	buf := make([]byte, 16<<10)
+	buf := make([]byte, 4<<10)
 	handle := func(op ws.OpCode, payload []byte) error {
 		switch op {
 		case ws.OpText:

@@ -347,6 +347,25 @@ func TestReportRatiosToTheFloor(t *testing.T) {
 	if c := row("parley", "connect"); !strings.Contains(c, "**9000** (0.5×)") {
 		t.Errorf("connect row lacks its ratio:\n%s", c)
 	}
+
+	// In a cross-node scenario the floor runs alone: its row goes to the
+	// cross-node table all the same, and the nodes' figures get its ratio.
+	cross := fanRecord(t, "parley", "cross-1000", 1, 30, 90, 1e6)
+	var f fanoutResult
+	if err := json.Unmarshal(cross.Result, &f); err != nil {
+		t.Fatal(err)
+	}
+	f.CrossNode = true
+	cross.Result, _ = json.Marshal(&f)
+	md, err = renderMarkdown([]record{fanRecord(t, "floor", "cross-1000", 1, 10, 30, 1e6), cross}, "test machine", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec3, _ := strings.Cut(md, "### 3.")
+	sec3, _, _ = strings.Cut(sec3, "### 4.")
+	if !strings.Contains(sec3, "| floor |") || !strings.Contains(sec3, "**90 ms (3.0×)**") {
+		t.Errorf("cross-node table:\n%s", sec3)
+	}
 }
 
 func TestRatio(t *testing.T) {
