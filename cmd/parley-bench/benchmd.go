@@ -250,7 +250,9 @@ func renderMarkdown(recs []record, machine, notes string) (string, error) {
 	writeIdleTable(&b, groups)
 	// A scenario's floor row goes with the scenario: the floor runs a
 	// cross-node scenario alone, with the same clients and rate.
-	cross := func(g *group) bool { return scenarioIs(groups, g.scenario, func(f *fanoutResult) bool { return f.CrossNode }) }
+	cross := func(g *group) bool {
+		return scenarioIs(groups, g.scenario, func(f *fanoutResult) bool { return f.CrossNode })
+	}
 	fanTable(&b, groups, "2. Fan-out, one node (one room, 64-byte messages)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms == 1 })
 	fanTable(&b, groups, "3. Cross-node (2 nodes + Redis, senders on node 1, receivers half on each; the floor: one process, same clients and rate)", cross)
 	fanTable(&b, groups, "4. Many rooms, many senders (one sender per room; the floor has no rooms)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms > 1 })
