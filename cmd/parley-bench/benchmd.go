@@ -356,7 +356,7 @@ func scenarioIs(groups []*group, scenario string, is func(*fanoutResult) bool) b
 // fanTable writes the fan-out groups that keep selects.
 func fanTable(b *strings.Builder, groups []*group, title string, keep func(*group) bool) {
 	fmt.Fprintf(b, "\n### %s\n\n", title)
-	b.WriteString("| system | proto | runs | clients / rooms / senders | send time | target msgs/s | sent | expected deliveries | loss | dup / out-of-order | deliveries/s | p50 | p90 | p99 | p99.9 | max | node CPU % | bench CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| system | proto | runs | clients / rooms / senders | send time | target msgs/s | sent | expected deliveries | loss | dup / out-of-order | deliveries/s | p50 | p90 | p99 | p99.9 | max | node CPU % | deliveries per node write | bench CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range groups {
 		if len(g.fan) == 0 || g.fan[0].Mode != "fanout" || !keep(g) {
 			continue
@@ -375,7 +375,7 @@ func fanTable(b *strings.Builder, groups []*group, title string, keep func(*grou
 		lat := func(fn func(l latencySummary) float64) func(*fanoutResult) float64 {
 			return func(r *fanoutResult) float64 { return fn(r.Latency) }
 		}
-		fmt.Fprintf(b, "| %s | %s | %d | %d / %d / %d | %.0f s | %.0f | %.0f | %.0f | **%.2f %%** | %.0f / %.0f | %s | %s | %s | **%s** | %s | %s | %s | %.0f |\n",
+		fmt.Fprintf(b, "| %s | %s | %d | %d / %d / %d | %.0f s | %.0f | %.0f | %.0f | **%.2f %%** | %.0f / %.0f | %s | %s | %s | **%s** | %s | %s | %s | %.1f | %.0f |\n",
 			g.system, f.Proto, len(g.fan), f.Clients, f.Rooms, f.Senders, f.DurationS, f.Rate,
 			m(func(r *fanoutResult) float64 { return float64(r.Sent) }),
 			m(func(r *fanoutResult) float64 { return float64(r.Expected) }),
@@ -389,6 +389,7 @@ func fanTable(b *strings.Builder, groups []*group, title string, keep func(*grou
 			cell(lat(func(l latencySummary) float64 { return l.P999 }), fmtMS),
 			cell(lat(func(l latencySummary) float64 { return l.Max }), fmtMS),
 			cpuCol(g.fan),
+			m(func(r *fanoutResult) float64 { return r.PerWrite }),
 			m(func(r *fanoutResult) float64 { return r.SelfCPU }))
 	}
 }

@@ -179,6 +179,7 @@ type fanoutResult struct {
 	PerURL         []latencySummary    `json:"latency_per_url,omitempty"`
 	Spectrum       []percentilePoint   `json:"spectrum"`
 	NodeCPU        []cpuUse            `json:"node_cpu,omitempty"`
+	PerWrite       float64             `json:"deliveries_per_node_write,omitempty"` // deliveries ÷ the nodes' write syscalls
 	SelfCPU        float64             `json:"self_cpu_pct"`
 	Nodes          []nodeStats         `json:"nodes,omitempty"`
 	Timeline       []timelinePoint     `json:"timeline"`

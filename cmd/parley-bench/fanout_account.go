@@ -35,6 +35,7 @@ func (r *fanRun) account() {
 		}
 	}
 	res.deliveryTotals = tot
+	res.PerWrite = perWrite(int64(tot.Received), res.NodeCPU, len(cfg.targets))
 	res.Loss, res.LossPct = lossOf(res.Expected, int64(tot.Received))
 	if last := st.lastRecv.Load(); !r.start.IsZero() && last > r.start.UnixNano() {
 		res.DeliveriesPS = float64(tot.Received) / time.Duration(last-r.start.UnixNano()).Seconds()
@@ -84,4 +85,18 @@ func (r *fanRun) accountTimeline() {
 			DeliverPS: float64(st.recvTL[i].Load()) * perS,
 		})
 	}
+}
+
+// perWrite is deliveries per write syscall of the nodes: the first nTargets
+// measured processes (--pid lists the nodes first, then e.g. Redis); 0 when
+// they were not measured.
+func perWrite(received int64, procs []cpuUse, nTargets int) float64 {
+	var w int64
+	for i := 0; i < nTargets && i < len(procs); i++ {
+		w += procs[i].Writes
+	}
+	if w <= 0 {
+		return 0
+	}
+	return float64(received) / float64(w)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -376,5 +377,27 @@ func TestRatio(t *testing.T) {
 		if got := ratio(tc.v, tc.floor); got != tc.want {
 			t.Errorf("ratio(%g, %g) = %q, want %q", tc.v, tc.floor, got, tc.want)
 		}
+	}
+}
+
+func TestPerWrite(t *testing.T) {
+	procs := []cpuUse{{Writes: 100}, {Writes: 300}, {Writes: 5000}} // two nodes, then Redis
+	for _, tc := range []struct {
+		received int64
+		procs    []cpuUse
+		targets  int
+		want     float64
+	}{
+		{1000, procs, 1, 10}, {1000, procs, 2, 2.5}, {1000, nil, 1, 0}, {1000, []cpuUse{{Writes: 0}}, 1, 0},
+	} {
+		if got := perWrite(tc.received, tc.procs, tc.targets); got != tc.want {
+			t.Errorf("perWrite(%d, %d targets) = %g, want %g", tc.received, tc.targets, got, tc.want)
+		}
+	}
+	if _, err := os.Stat("/proc/self/io"); err != nil {
+		return // no /proc here: the counters read as zero
+	}
+	if c := readIO(os.Getpid()); c.writes <= 0 && c.reads <= 0 {
+		t.Errorf("readIO of this process: %+v, want counters", c)
 	}
 }

@@ -217,26 +217,64 @@ func (p nodeProbe) settle(maxWait time.Duration) []nodeStats {
 	return cur
 }
 
-// cpuMeter measures CPU used by pids and by this process over an interval.
+// ioCounts are a process's I/O syscall counters from /proc/PID/io.
+type ioCounts struct {
+	reads, writes int64 // syscr, syscw: read-type and write-type syscalls (writev counts once)
+	wbytes        int64 // wchar: bytes passed to write-type syscalls
+}
+
+// readIO reads /proc/PID/io (zero counters when it cannot be read).
+func readIO(pid int) ioCounts {
+	var c ioCounts
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return c
+	}
+	for line := range bytes.Lines(b) {
+		k, v, ok := strings.Cut(strings.TrimSpace(string(line)), ": ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "syscr":
+			c.reads = n
+		case "syscw":
+			c.writes = n
+		case "wchar":
+			c.wbytes = n
+		}
+	}
+	return c
+}
+
+// cpuMeter measures CPU (and I/O syscalls) used by pids and by this process
+// over an interval.
 type cpuMeter struct {
 	pids   []int
 	start  time.Time
 	ticks  []int64
+	io     []ioCounts
 	selfT0 time.Duration
 }
 
 func startCPU(pids []int) *cpuMeter {
-	m := &cpuMeter{pids: pids, start: time.Now(), ticks: make([]int64, len(pids)), selfT0: selfCPU()}
+	m := &cpuMeter{pids: pids, start: time.Now(), ticks: make([]int64, len(pids)), io: make([]ioCounts, len(pids)), selfT0: selfCPU()}
 	for i, pid := range pids {
 		m.ticks[i], _ = readCPUTicks(pid)
+		m.io[i] = readIO(pid)
 	}
 	return m
 }
 
-// cpuUse is CPU use as a percentage of one core.
+// cpuUse is CPU use as a percentage of one core, and the write-type and
+// read-type syscalls per second, of one process.
 type cpuUse struct {
-	Target string  `json:"target"`
-	Pct    float64 `json:"cpu_pct"`
+	Target   string  `json:"target"`
+	Pct      float64 `json:"cpu_pct"`
+	WritesPS float64 `json:"writes_per_s,omitempty"`
+	ReadsPS  float64 `json:"reads_per_s,omitempty"`
+	Writes   int64   `json:"writes,omitempty"` // write-type syscalls in the interval
 }
 
 // stop returns the CPU percentages (100 = one full core) since start.
@@ -250,7 +288,10 @@ func (m *cpuMeter) stop(extraSelf time.Duration) (nodes []cpuUse, self float64) 
 		if err != nil {
 			continue
 		}
-		nodes = append(nodes, cpuUse{Target: fmt.Sprintf("pid:%d", pid), Pct: float64(t-m.ticks[i]) / clockTicks / el * 100})
+		io := readIO(pid)
+		w := io.writes - m.io[i].writes
+		nodes = append(nodes, cpuUse{Target: fmt.Sprintf("pid:%d", pid), Pct: float64(t-m.ticks[i]) / clockTicks / el * 100,
+			Writes: w, WritesPS: float64(w) / el, ReadsPS: float64(io.reads-m.io[i].reads) / el})
 	}
 	self = (selfCPU() - m.selfT0 + extraSelf).Seconds() / el * 100
 	return nodes, self

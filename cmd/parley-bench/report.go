@@ -50,7 +50,10 @@ func printFanout(w io.Writer, r *fanoutResult) {
 		fmt.Fprintf(w, "  receivers on %s: p50 %.2f  p99 %.2f  max %.2f  (n=%d)\n", r.URLs[i], p.P50, p.P99, p.Max, p.Count)
 	}
 	for _, c := range r.NodeCPU {
-		fmt.Fprintf(w, "cpu %s: %.0f %%\n", c.Target, c.Pct)
+		fmt.Fprintf(w, "cpu %s: %.0f %%, %.0f write and %.0f read syscalls/s\n", c.Target, c.Pct, c.WritesPS, c.ReadsPS)
+	}
+	if r.PerWrite > 0 {
+		fmt.Fprintf(w, "deliveries per node write syscall: %.2f\n", r.PerWrite)
 	}
 	fmt.Fprintf(w, "cpu parley-bench: %.0f %% (100 %% = one core)\n", r.SelfCPU)
 	for _, n := range r.Nodes {
