@@ -12,24 +12,31 @@ import (
 	"parley/protocol"
 )
 
-// Close codes used by the connection actor.
+// Close codes used by the connection actor (4008 is the outbox's).
 const (
-	closeSlowConsumer ws.StatusCode = 4008
-	closeUnsupported  ws.StatusCode = ws.StatusUnsupportedData // 1003
-	closeGoingAway    ws.StatusCode = ws.StatusGoingAway       // 1001
-	closeInternal     ws.StatusCode = ws.StatusInternalServerError
+	closeUnsupported ws.StatusCode = ws.StatusUnsupportedData // 1003
+	closeGoingAway   ws.StatusCode = ws.StatusGoingAway       // 1001
+	closeInternal    ws.StatusCode = ws.StatusInternalServerError
 )
 
 // conn is the connection actor: one per socket. It alone touches its
-// Transport and its fields. Kept small: it lives as long as the socket.
+// fields; it queues its replies through its outbox. Kept small: it lives as
+// long as the socket.
 type conn struct {
 	s       *System
-	t       Transport
+	out     outbox
 	sess    *Session
 	name    string
 	rooms   []string // joined (or joining) rooms
 	plain   bool
 	closing bool // Close/Kick called: send nothing more
+	query   bool // a history or presence request is in flight
+
+	// Drain (see drainStep): told to go, reading stopped, flushes awaited.
+	draining    bool
+	readStopped bool
+	flushes     int // opFlush sent to rooms and not yet answered
+	drainReason string
 }
 
 // Receive is the connection actor's message loop.
@@ -37,15 +44,27 @@ func (c *conn) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
 	case *inbound:
 		c.inbound(ctx, msg)
+	case *queryDone:
+		c.query = false
+		c.enqueue(ctx, msg.frame)
+		c.drainStep(ctx)
+	case *flushed:
+		c.flushes--
+		c.drainStep(ctx)
 	case *dropRoom:
 		c.removeRoom(msg.room)
+		if msg.query {
+			c.query = false
+		}
 		if c.plain {
 			c.close(ctx, closeInternal, "lobby unavailable")
 			return
 		}
 		c.enqueue(ctx, msg.frame)
+		c.drainStep(ctx)
 	case *connInit:
-		c.s, c.t, c.sess, c.name, c.plain = msg.sess.sys, msg.t, msg.sess, msg.name, msg.plain
+		c.s, c.sess, c.name, c.plain = msg.sess.sys, msg.sess, msg.name, msg.plain
+		c.out = c.s.outbox(msg.t)
 		if c.plain {
 			c.rooms = []string{LobbyRoom}
 			c.toRoom(ctx, &roomOp{kind: opJoin, room: LobbyRoom, name: c.name, session: c.sess.id, plain: true})
@@ -53,13 +72,25 @@ func (c *conn) Receive(ctx actor.Context) {
 		}
 		c.reply(ctx, protocol.Welcome{Type: protocol.TypeWelcome, Node: c.s.cfg.NodeID, Session: c.sess.id, Name: c.name})
 	case *drain:
-		if c.closing || c.t == nil {
+		if c.closing || c.sess == nil || c.draining {
 			return
 		}
+		// Tell the client first, then stop reading: every frame read before
+		// that point is still answered (drainStep).
+		c.draining, c.drainReason = true, msg.reason
 		if !c.plain {
 			c.reply(ctx, protocol.Reconnect{Type: protocol.TypeReconnect, Reason: msg.reason, AfterMS: spread(msg.after).Milliseconds()})
 		}
-		c.close(ctx, closeGoingAway, msg.reason)
+		c.sess.stopReading()
+	case *readStopped:
+		// Every frame the session read is behind us: ask each room to
+		// answer what it holds of ours.
+		c.readStopped = true
+		for _, r := range c.rooms {
+			c.flushes++
+			c.toRoom(ctx, &roomOp{kind: opFlush, room: r})
+		}
+		c.drainStep(ctx)
 	case *closed:
 		c.closing = true
 		ctx.Stop(ctx.Self())
@@ -74,7 +105,7 @@ func (c *conn) Receive(ctx actor.Context) {
 		c.rooms = nil
 		if !c.closing {
 			c.closing = true
-			c.t.Close(closeGoingAway, "server shutting down")
+			c.out.close(closeGoingAway, "server shutting down")
 		}
 	case *actor.Stopped:
 		if c.sess != nil {
@@ -83,19 +114,27 @@ func (c *conn) Receive(ctx actor.Context) {
 	}
 }
 
+// drainStep closes a draining connection with 1001 once reading has stopped
+// and every frame read was answered: each room flushed, no history or
+// presence request in flight. Close sends the queued answers before the
+// close frame.
+func (c *conn) drainStep(ctx actor.Context) {
+	if c.draining && c.readStopped && c.flushes == 0 && !c.query {
+		c.close(ctx, closeGoingAway, c.drainReason)
+	}
+}
+
 // enqueue queues frame on the socket; netpoll flushes it soon, together
 // with whatever else was queued meanwhile (rooms queue on the same socket).
+// A socket that cannot take it (slow consumer, already closing) ends the
+// actor.
 func (c *conn) enqueue(ctx actor.Context, frame []byte) {
 	if c.closing {
 		return
 	}
-	if err := c.t.Send(frame); err != nil {
+	if err := c.out.send(frame); err != nil {
 		c.closing = true
-		if errors.Is(err, netpoll.ErrQueueFull) {
-			c.t.Kick(closeSlowConsumer, "slow consumer")
-		}
 		ctx.Stop(ctx.Self())
-		return
 	}
 }
 
@@ -112,12 +151,12 @@ func (c *conn) close(ctx actor.Context, code ws.StatusCode, reason string) {
 		return
 	}
 	c.closing = true
-	c.t.Close(code, reason)
+	c.out.close(code, reason)
 	ctx.Stop(ctx.Self())
 }
 
 func (c *conn) toRoom(ctx actor.Context, op *roomOp) {
-	op.conn, op.t = ctx.Self(), c.t
+	op.conn, op.out = ctx.Self(), c.out
 	ctx.Send(c.s.dirPID, op)
 }
 
@@ -144,7 +183,7 @@ func (c *conn) removeRoom(room string) {
 }
 
 func (c *conn) inbound(ctx actor.Context, in *inbound) {
-	if c.closing || c.t == nil {
+	if c.closing || c.sess == nil {
 		return
 	}
 	switch in.op {
@@ -175,6 +214,11 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 	case protocol.TypePing:
 		c.reply(ctx, protocol.Pong{Type: protocol.TypePong})
 	case protocol.TypeJoin:
+		if c.draining {
+			// A join on a node that is going away would be undone at once.
+			c.replyErr(ctx, protocol.Errorf(protocol.CodeDraining, f.ID, "node is draining: join on the node you reconnect to"))
+			return
+		}
 		if !c.joined(f.Room) {
 			if len(c.rooms) >= c.s.cfg.MaxRoomsPerConn {
 				c.replyErr(ctx, protocol.Errorf(protocol.CodeTooMany, f.ID, "at most %d rooms per connection", c.s.cfg.MaxRoomsPerConn))
@@ -196,10 +240,16 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 			c.removeRoom(f.Room)
 		case protocol.TypeSend:
 			op.kind, op.text = opSend, f.Text
-		case protocol.TypeHistory:
-			op.kind, op.before, op.limit = opHistory, f.Before, f.Limit
-		case protocol.TypePresence:
-			op.kind = opPresence
+		case protocol.TypeHistory, protocol.TypePresence:
+			if c.query {
+				c.replyErr(ctx, protocol.Errorf(protocol.CodeBusy, f.ID, "a history or presence request is already in flight: wait for its answer"))
+				return
+			}
+			c.query = true
+			op.kind, op.before, op.limit = opPresence, f.Before, f.Limit
+			if f.Type == protocol.TypeHistory {
+				op.kind = opHistory
+			}
 		}
 		c.toRoom(ctx, op)
 	}

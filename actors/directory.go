@@ -9,7 +9,9 @@ import (
 // directory is the one actor that maps room names to room actors. It spawns
 // a room (as its child) on the first join, forwards every op of every
 // connection to the room, and stops a room that reports itself empty unless
-// a join raced with the report.
+// a join raced with the report. A room reports itself empty only when it is
+// idle as well (nothing queued or in flight: publishes, presence changes,
+// history and presence requests), so stopping it never loses an answer.
 type directory struct {
 	s     *System
 	props *actor.Props
@@ -81,10 +83,12 @@ func (d *directory) forget(name string, pid *actor.PID) {
 func (d *directory) noRoom(ctx actor.Context, op *roomOp) {
 	switch op.kind {
 	case opQuit:
+	case opFlush:
+		ctx.Send(op.conn, &flushed{})
 	case opLeave:
-		d.s.send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: op.room}))
+		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: op.room}))
 	default:
-		ctx.Send(op.conn, &dropRoom{room: op.room,
+		ctx.Send(op.conn, &dropRoom{room: op.room, query: op.kind == opHistory || op.kind == opPresence,
 			frame: errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", op.room))})
 	}
 }

@@ -9,10 +9,12 @@
 //     rooms it joined. It decodes client frames (protocol v1), answers
 //     errors with an error frame echoing the frame's id, and sends room
 //     operations to the directory; it alone closes its Transport on its
-//     own account (drain, binary frame). Messages in: *inbound, *closed,
-//     *drain (from Session/System), *dropRoom (from rooms). Supervision:
-//     Stop (a guardian with a stop decider), never
-//     restart: a fresh actor would not know its socket's state.
+//     own account (drain, binary frame). It keeps at most one history or
+//     presence request in flight (more: error "busy"). Messages in:
+//     *inbound, *closed, *drain, *readStopped (from Session/System),
+//     *dropRoom, *flushed, *queryDone (from rooms and the directory).
+//     Supervision: Stop (a guardian with a stop decider), never restart: a
+//     fresh actor would not know its socket's state.
 //   - Directory (directory.go), one: the map room name -> room actor, and the
 //     number of joins forwarded to each room. Every *roomOp of every
 //     connection travels connection -> directory -> room, so one connection's
@@ -20,15 +22,28 @@
 //     their supervision is Stop.
 //   - Room actor (room.go), one per active room: its members (PID -> name,
 //     session, plain flag, replay state), each Watched; the room's position
-//     (the sequencer, order.go); its publish and presence queues. It owns no
-//     state that matters beyond the broker, so stopping it loses nothing.
+//     (the sequencer, order.go); its op queue (sends, and each connection's
+//     later ops behind them), its presence queue, and the count of history
+//     and presence reads in flight. It owns no state that matters beyond
+//     the broker, and it stops only when empty and idle, so stopping it
+//     loses nothing.
 //   - Relay actor (package relay), one: the node's subscriptions and the
 //     routing of deliveries to room actors.
 //
 // Transient goroutines run every broker call (publish batches, history,
-// presence) and post the result back to the actor that asked; they are
+// presence) and post the result back to the actor that asked; they never
+// write to a socket (a history or presence reply is encoded there, posted
+// to the room, and handed by the room to the asking connection). They are
 // counted so Shutdown can wait for them. No goroutine or timer exists per
 // connection; each room has one check timer (time.AfterFunc).
+//
+// # Outbound frames
+//
+// Every frame an actor queues on a client's socket goes through an outbox
+// (outbox.go): connection replies, room fan-out, acks, joined, events and
+// the directory's answers for rooms that are gone. The slow-consumer policy
+// (a queue over its cap: close 4008, counted in Stats.SlowKicks) is there
+// and nowhere else.
 //
 // # Ordering invariants
 //
@@ -46,14 +61,31 @@
 //     per delivery cost a mailbox node, a scheduling goroutine and a flush
 //     message: 58 ms to reach 10,000 members, against 0.6 ms now.
 //   - Publishes leave a room in the order received, one batch in flight;
-//     each sender gets ack{id,room,seq} or error{unavailable,id}.
+//     each sender gets exactly one ack{id,room,seq} or
+//     error{unavailable,id}, unless its connection is gone. Any other op
+//     of a connection with sends queued or in flight (leave, join, flush,
+//     history, presence) waits behind them in the room's queue, so left
+//     comes after the acks of the sends before the leave.
 //   - joined goes out only after the relay confirmed the subscription. With
 //     since: joined, then the replay (seq in (since, last]) from history,
 //     then the live frames buffered meanwhile, with no gap and no duplicate.
 //   - Presence events are not sent back to the member they are about.
-//   - An empty room reports to the directory with the joins it has seen;
-//     the directory stops it only if it forwarded no join since, so a join
-//     racing with the stop is never lost.
+//   - An empty room reports to the directory with the joins it has seen,
+//     and only once idle (nothing queued or in flight); the directory stops
+//     it only if it forwarded no join since, so a join racing with the stop
+//     is never lost, and no publish, presence change or read is cut off.
+//   - Every leave, quit (connection stopping), Terminated member and room
+//     stop removes the member from presence, queued behind the presence
+//     batch in flight (at a stop, chained after it), so a remove never
+//     overtakes its add and none is skipped.
+//   - Drain (per connection): reconnect is queued, then the Session stops
+//     taking frames (HandleMessage posts under a lock, so every frame taken
+//     is in the mailbox ahead of readStopped), every frame taken is served
+//     (a join during drain gets error "draining"), each joined room answers
+//     an opFlush once it answered the connection's earlier ops, the
+//     history/presence request in flight is answered, and only then the
+//     connection closes with 1001 (netpoll writes the queue before the close
+//     frame).
 //   - Writes are coalesced by netpoll's flusher: what is queued on a socket
 //     while it waits for the flusher leaves in one writev. Send returning
 //     netpoll.ErrQueueFull kicks the connection with 4008, whoever sent.

@@ -112,12 +112,19 @@ type client struct {
 
 type testEnv struct {
 	sys    *System
-	broker *relay.Memory
+	broker *relay.Memory // nil unless the bus is a *relay.Memory
+	bus    relay.Broker
 }
 
 func newEnv(t *testing.T, cfg Config, mcfg relay.MemoryConfig) *testEnv {
 	t.Helper()
-	b := relay.NewMemory(mcfg)
+	return newEnvOn(t, cfg, relay.NewMemory(mcfg))
+}
+
+// newEnvOn starts a system on bus b (shut down in t.Cleanup; closing b is
+// the caller's, registered before this call so it runs after).
+func newEnvOn(t *testing.T, cfg Config, b relay.Broker) *testEnv {
+	t.Helper()
 	if cfg.NodeID == "" {
 		cfg.NodeID = "n1"
 	}
@@ -136,7 +143,8 @@ func newEnv(t *testing.T, cfg Config, mcfg relay.MemoryConfig) *testEnv {
 			t.Error(err)
 		}
 	})
-	return &testEnv{sys: sys, broker: b}
+	mem, _ := b.(*relay.Memory)
+	return &testEnv{sys: sys, broker: mem, bus: b}
 }
 
 func (e *testEnv) connect(t *testing.T, name string, plain bool) *client {

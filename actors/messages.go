@@ -26,10 +26,21 @@ type (
 		reason string
 		after  time.Duration
 	}
+	// readStopped: the session reads no more frames; every frame it read
+	// is ahead of this message in the mailbox (Session.stopReading).
+	readStopped struct{}
+	// flushed: a room answered every op this connection sent it before
+	// its opFlush.
+	flushed struct{}
+	// queryDone: the answer to the connection's history or presence
+	// request (the frame to queue: the reply or an error).
+	queryDone struct{ frame []byte }
 	// dropRoom: the room refused or lost the member; frame explains why.
+	// query says the refused op was a history or presence request.
 	dropRoom struct {
 		room  string
 		frame []byte
+		query bool
 	}
 )
 
@@ -42,7 +53,8 @@ const (
 	opSend
 	opHistory
 	opPresence
-	opQuit // leave without reply (connection stopping)
+	opQuit  // leave without reply (connection stopping)
+	opFlush // answer flushed once every earlier op of this connection is answered
 )
 
 // roomOp is a connection's request to a room; it travels connection ->
@@ -51,11 +63,11 @@ type roomOp struct {
 	kind    opKind
 	room    string
 	conn    *actor.PID
-	t       Transport // the connection's socket: the room replies on it directly
+	out     outbox // the connection's socket: the room replies on it directly
 	id      string
-	name    string // join
+	name    string // join (send: filled in by the room)
 	session string // join
-	plain   bool   // join
+	plain   bool   // join (send: filled in by the room)
 	since   *uint64
 	epoch   string
 	text    string // send
@@ -93,6 +105,14 @@ type (
 		epoch string
 		res   relay.HistoryResult
 		err   error
+	}
+	// queryRead: a history or presence read for op is done; frame is the
+	// reply to queue (the answer, or an error frame). pos is the room's
+	// position as the read found it (history only; zero otherwise).
+	queryRead struct {
+		op    *roomOp
+		frame []byte
+		pos   relay.Position
 	}
 	checkTick struct{}
 )

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"time"
 
@@ -22,7 +23,7 @@ type roomInit struct {
 // member is one local connection in a room. Owned by the room actor.
 type member struct {
 	pid       *actor.PID
-	t         Transport // the member's socket: fan-out queues frames on it directly
+	out       outbox // the member's socket: fan-out queues frames on it directly
 	name      string
 	session   string
 	plain     bool
@@ -38,6 +39,11 @@ type presOp struct {
 
 // room is the actor of one active room on this node. It alone owns the
 // member list, the room's position (seq) and its broker queues.
+//
+// Answers keep each connection's order: a connection's sends are answered
+// in order (one publish batch in flight), and any other op of a connection
+// that still has sends queued or in flight waits behind them in the same
+// queue, so left (or flushed, or joined) never overtakes an ack.
 type room struct {
 	s        *System
 	name     string
@@ -46,12 +52,15 @@ type room struct {
 	index    map[string]int // member pid id -> index in members
 	plains   int            // members with plain set
 	joins    uint64         // joins seen (compared by the directory)
-	waiting  []*roomOp      // joins waiting for the subscription
+	waiting  []*roomOp      // ops waiting for the subscription
 	gen      uint64         // bumped on every reset: replays started before are void
-	pubQ     []*roomOp
-	pubBusy  bool
+	queue    []*roomOp      // sends, and ops ordered behind a connection's sends
+	pending  map[string]int // conn pid id -> its ops in queue or in flight
+	pubBusy  bool           // a publish batch is in flight
 	presQ    []presOp
 	presBusy bool
+	presDone chan struct{} // closed when the presence batch in flight ends
+	queries  int           // history/presence reads in flight
 	timer    *time.Timer
 	steps    []step // scratch
 }
@@ -75,8 +84,13 @@ func (r *room) Receive(ctx actor.Context) {
 	case *publishDone:
 		r.published(ctx, msg)
 	case *presenceDone:
-		r.presBusy = false
+		r.presBusy, r.presDone = false, nil
 		r.runPresence(ctx)
+		r.checkEmpty(ctx)
+	case *queryRead:
+		r.queries--
+		ctx.Send(msg.op.conn, &queryDone{frame: msg.frame})
+		r.checkEmpty(ctx)
 	case *fetchDone:
 		if msg.err != nil {
 			r.s.log.Warn("room: history read failed", "room", r.name, "err", msg.err)
@@ -104,30 +118,73 @@ func (r *room) Receive(ctx actor.Context) {
 	case *relay.Subscribed:
 		r.subscribed(ctx, msg)
 	case *actor.Terminated:
+		r.purge(msg.Who.Id)
 		if i, ok := r.index[msg.Who.Id]; ok {
 			r.remove(ctx, i, false)
-			r.checkEmpty(ctx)
 		}
+		r.checkEmpty(ctx)
 	case *roomInit:
 		r.s, r.name = msg.s, msg.name
 		r.index = make(map[string]int)
+		r.pending = make(map[string]int)
 		ctx.Send(r.s.relayPID, &relay.Subscribe{Room: r.name, PID: ctx.Self()})
 		r.armTimer(ctx)
 	case *actor.Stopping:
-		if r.s == nil {
-			return
+		if r.s != nil {
+			r.stopping(ctx)
 		}
-		if r.timer != nil {
-			r.timer.Stop()
+	}
+}
+
+// stopping runs as the room stops. The directory stops a room only when it
+// is empty and idle; at node shutdown it may still hold ops (answered
+// here) and members (removed from presence, after the presence batch in
+// flight, so a remove never overtakes its add).
+func (r *room) stopping(ctx actor.Context) {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	ctx.Send(r.s.relayPID, &relay.Unsubscribe{Room: r.name, PID: ctx.Self()})
+	for _, op := range append(r.waiting, r.queue...) {
+		r.refuse(ctx, op, "room %q is closing", r.name)
+	}
+	r.waiting, r.queue = nil, nil
+	for _, m := range r.members {
+		r.presQ = append(r.presQ, presOp{m: r.presenceMember(m)})
+	}
+	r.members = nil
+	if len(r.presQ) == 0 {
+		return
+	}
+	batch, prev := r.presQ, r.presDone
+	r.presQ = nil
+	b, room, log := r.s.cfg.Broker, r.name, r.s.log
+	r.s.goTask(func() {
+		if prev != nil {
+			<-prev
 		}
-		ctx.Send(r.s.relayPID, &relay.Unsubscribe{Room: r.name, PID: ctx.Self()})
-		for _, m := range r.members {
-			r.presQ = append(r.presQ, presOp{m: r.presenceMember(m)})
-		}
-		if !r.presBusy && len(r.presQ) > 0 {
-			// Last presence batch: nobody will read its result.
-			r.runPresence(ctx)
-		}
+		r.s.applyPresence(b, room, batch, log)
+	})
+}
+
+// refuse answers an op the room will not run (the bus refused the
+// subscription, or the room is closing): a send gets "unavailable", a join
+// drops the room from the connection, a leave is done, a flush answered.
+func (r *room) refuse(ctx actor.Context, op *roomOp, format string, args ...any) {
+	switch op.kind {
+	case opJoin:
+		ctx.Send(op.conn, &dropRoom{room: r.name,
+			frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, format+": try again", args...))})
+	case opLeave:
+		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
+	case opFlush:
+		ctx.Send(op.conn, &flushed{})
+	case opHistory, opPresence:
+		ctx.Send(op.conn, &queryDone{frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, format, args...))})
+	case opSend:
+		r.s.count.pubErrors.Add(1)
+		r.sendFailed(op)
+	case opQuit:
 	}
 }
 
@@ -137,23 +194,14 @@ func (r *room) armTimer(ctx actor.Context) {
 }
 
 // subscribed handles the relay's answer: the room goes live, or every
-// waiting join fails with "unavailable".
+// waiting op is refused.
 func (r *room) subscribed(ctx actor.Context, msg *relay.Subscribed) {
 	waiting := r.waiting
 	r.waiting = nil
 	if msg.Err != nil {
 		r.s.log.Warn("room: subscribe failed", "room", r.name, "err", msg.Err)
 		for _, op := range waiting {
-			switch op.kind {
-			case opJoin:
-				ctx.Send(op.conn, &dropRoom{room: r.name,
-					frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable: try again", r.name))})
-			case opLeave:
-				r.s.send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
-			case opQuit:
-			default:
-				r.s.send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "room %q is unavailable", r.name)))
-			}
+			r.refuse(ctx, op, "room %q is unavailable", r.name)
 		}
 		r.checkEmpty(ctx)
 		return
@@ -169,8 +217,12 @@ func (r *room) subscribed(ctx actor.Context, msg *relay.Subscribed) {
 		r.op(ctx, op)
 	}
 	r.waiting = nil
+	r.checkEmpty(ctx)
 }
 
+// op takes one op of a connection. A send joins the publish queue; any
+// other op waits in that queue behind the connection's sends, or runs now
+// if it has none.
 func (r *room) op(ctx actor.Context, op *roomOp) {
 	if !r.seq.live {
 		// Until the subscription is live every op waits, in order, so an
@@ -178,35 +230,76 @@ func (r *room) op(ctx actor.Context, op *roomOp) {
 		r.waiting = append(r.waiting, op)
 		return
 	}
-	switch op.kind {
-	case opJoin:
-		r.admit(ctx, op)
-		return
-	case opLeave, opQuit:
+	if op.kind == opQuit {
+		// The connection is gone: it leaves now, whatever is in flight;
+		// what it queued is not run (its sends find no member).
+		r.purge(op.conn.Id)
 		if i, ok := r.index[op.conn.Id]; ok {
 			r.remove(ctx, i, true)
-		}
-		if op.kind == opLeave {
-			r.s.send(op.t, frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 		}
 		r.checkEmpty(ctx)
 		return
 	}
-	i, ok := r.index[op.conn.Id]
-	if !ok {
-		r.s.send(op.t, errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
+	if op.kind == opSend || r.pending[op.conn.Id] > 0 {
+		r.queue = append(r.queue, op)
+		r.pending[op.conn.Id]++
+		r.runQueue(ctx)
 		return
 	}
-	m := r.members[i]
+	r.exec(ctx, op)
+	r.checkEmpty(ctx)
+}
+
+// exec runs an op other than send and quit.
+func (r *room) exec(ctx actor.Context, op *roomOp) {
 	switch op.kind {
-	case opSend:
-		op.name, op.plain = m.name, m.plain
-		r.pubQ = append(r.pubQ, op)
-		r.runPublish(ctx)
-	case opHistory:
-		r.history(ctx, op)
-	case opPresence:
-		r.presence(ctx, op)
+	case opJoin:
+		r.admit(ctx, op)
+	case opLeave:
+		if i, ok := r.index[op.conn.Id]; ok {
+			r.remove(ctx, i, true)
+		}
+		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
+	case opFlush:
+		ctx.Send(op.conn, &flushed{})
+	case opHistory, opPresence:
+		if _, ok := r.index[op.conn.Id]; !ok {
+			ctx.Send(op.conn, &queryDone{frame: errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name))})
+			return
+		}
+		if op.kind == opHistory {
+			r.history(ctx, op)
+		} else {
+			r.presence(ctx, op)
+		}
+	}
+}
+
+// purge drops the queued ops of a connection that is gone, except its
+// sends: those stay in line and are answered "not joined" (to nobody)
+// when their turn comes, so the queue's accounting stays in one place.
+func (r *room) purge(connID string) {
+	if r.pending[connID] == 0 {
+		return
+	}
+	kept := r.queue[:0]
+	for _, op := range r.queue {
+		if op.kind != opSend && op.conn.Id == connID {
+			r.doneOp(op)
+			continue
+		}
+		kept = append(kept, op)
+	}
+	clear(r.queue[len(kept):])
+	r.queue = kept
+}
+
+// doneOp ends the accounting of one queued or in-flight op.
+func (r *room) doneOp(op *roomOp) {
+	if n := r.pending[op.conn.Id] - 1; n > 0 {
+		r.pending[op.conn.Id] = n
+	} else {
+		delete(r.pending, op.conn.Id)
 	}
 }
 
@@ -218,7 +311,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 	if ok {
 		m = r.members[i]
 	} else {
-		m = &member{pid: op.conn, t: op.t, name: op.name, session: op.session, plain: op.plain}
+		m = &member{pid: op.conn, out: op.out, name: op.name, session: op.session, plain: op.plain}
 		r.index[op.conn.Id] = len(r.members)
 		r.members = append(r.members, m)
 		if m.plain {
@@ -229,14 +322,14 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		r.runPresence(ctx)
 	}
 	if m.plain {
-		r.s.send(m.t, netpoll.TextFrame([]byte("connected to node "+r.s.cfg.NodeID)))
+		_ = m.out.send(netpoll.TextFrame([]byte("connected to node " + r.s.cfg.NodeID)))
 		return
 	}
 	if op.since == nil {
 		if m.replaying {
 			m.replaying, m.buffered = false, nil
 		}
-		r.s.send(m.t, r.joinedFrame(true))
+		_ = m.out.send(r.joinedFrame(true))
 		return
 	}
 	// Replay: hold live frames for m until history is read.
@@ -265,7 +358,7 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 	recovered := d.err == nil && d.gen == r.gen && res.Position.Epoch == r.seq.epoch &&
 		(d.epoch == "" || d.epoch == r.seq.epoch) && d.since <= r.seq.last &&
 		(res.Earliest == 0 && res.Position.Seq == d.since || res.Earliest != 0 && res.Earliest <= d.since+1)
-	r.s.send(m.t, r.joinedFrame(recovered))
+	_ = m.out.send(r.joinedFrame(recovered))
 	if !recovered {
 		// Nothing at or below last is promised: drop what was held.
 		return
@@ -275,14 +368,14 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		if hm.Seq < next || hm.Seq > r.seq.last {
 			continue
 		}
-		r.s.send(m.t, messageFrame(hm))
+		_ = m.out.send(messageFrame(hm))
 		next = hm.Seq + 1
 	}
 	for _, h := range buffered {
 		if h.seq < next {
 			continue
 		}
-		r.s.send(m.t, h.frame)
+		_ = m.out.send(h.frame)
 		next = h.seq + 1
 	}
 }
@@ -317,10 +410,14 @@ func (r *room) remove(ctx actor.Context, i int, unwatch bool) {
 	r.runPresence(ctx)
 }
 
-// checkEmpty reports an empty room to the directory with the joins it has
-// seen; the directory stops it only if no join is on its way.
+// checkEmpty reports a room that is empty and idle to the directory, with
+// the joins it has seen; the directory stops it only if no join is on its
+// way. Idle: no op waiting or queued, no publish batch, presence change or
+// history/presence read in flight, so stopping loses no answer and no
+// presence removal.
 func (r *room) checkEmpty(ctx actor.Context) {
-	if len(r.members) == 0 && len(r.waiting) == 0 {
+	if len(r.members) == 0 && len(r.waiting) == 0 && len(r.queue) == 0 && !r.pubBusy &&
+		len(r.presQ) == 0 && !r.presBusy && r.queries == 0 {
 		ctx.Send(ctx.Parent(), &roomEmpty{room: r.name, pid: ctx.Self(), joins: r.joins})
 	}
 }
@@ -342,7 +439,7 @@ func (r *room) apply(ctx actor.Context) {
 					m.buffered = nil // its replay is void (gen changed)
 					continue
 				}
-				r.s.send(m.t, f)
+				_ = m.out.send(f)
 			}
 			continue
 		}
@@ -361,11 +458,11 @@ func (r *room) fanout(ctx actor.Context, msg relay.Message) {
 	for _, m := range r.members {
 		switch {
 		case m.plain:
-			r.s.send(m.t, pf)
+			_ = m.out.send(pf)
 		case m.replaying:
 			m.buffered = append(m.buffered, heldFrame{seq: msg.Seq, frame: jf})
 		default:
-			r.s.send(m.t, jf)
+			_ = m.out.send(jf)
 		}
 	}
 }
@@ -383,15 +480,48 @@ func (r *room) fetch(ctx actor.Context) {
 	})
 }
 
-// runPublish hands the queued sends to the broker, in order, one batch in
-// flight at a time.
-func (r *room) runPublish(ctx actor.Context) {
-	if r.pubBusy || len(r.pubQ) == 0 {
-		return
+// runQueue runs the queue while no publish batch is in flight: ops other
+// than send at its head run now; then up to PublishBatch consecutive sends
+// go to the broker as one batch.
+func (r *room) runQueue(ctx actor.Context) {
+	for !r.pubBusy && len(r.queue) > 0 {
+		if op := r.queue[0]; op.kind != opSend {
+			r.popQueue()
+			r.doneOp(op)
+			r.exec(ctx, op)
+			continue
+		}
+		var batch []*roomOp
+		for len(batch) < r.s.cfg.PublishBatch && len(r.queue) > 0 && r.queue[0].kind == opSend {
+			op := r.popQueue()
+			i, ok := r.index[op.conn.Id]
+			if !ok {
+				// Left (or gone) before its send's turn came.
+				r.doneOp(op)
+				_ = op.out.send(errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
+				continue
+			}
+			op.name, op.plain = r.members[i].name, r.members[i].plain
+			batch = append(batch, op)
+		}
+		if len(batch) > 0 {
+			r.publish(ctx, batch)
+		}
 	}
-	n := min(len(r.pubQ), r.s.cfg.PublishBatch)
-	batch := append([]*roomOp(nil), r.pubQ[:n]...)
-	r.pubQ = append(r.pubQ[:0], r.pubQ[n:]...)
+}
+
+func (r *room) popQueue() *roomOp {
+	op := r.queue[0]
+	r.queue[0] = nil
+	r.queue = r.queue[1:]
+	if len(r.queue) == 0 {
+		r.queue = nil
+	}
+	return op
+}
+
+// publish hands one batch to the broker on a transient goroutine.
+func (r *room) publish(ctx actor.Context, batch []*roomOp) {
 	r.pubBusy = true
 	b, room, node, self, root := r.s.cfg.Broker, r.name, r.s.cfg.NodeID, ctx.Self(), r.s.root
 	known := relay.Position{Seq: r.seq.last, Epoch: r.seq.epoch}
@@ -423,27 +553,36 @@ func publishAll(b relay.Broker, newCtx func() (context.Context, context.CancelFu
 	return results
 }
 
+// published answers every send of a batch, in order, then runs the queue on.
 func (r *room) published(ctx actor.Context, d *publishDone) {
 	r.pubBusy = false
 	for i, op := range d.batch {
+		r.doneOp(op)
 		res := d.results[i]
 		if res.err != nil {
 			r.s.count.pubErrors.Add(1)
 			if !errors.Is(res.err, relay.ErrUnavailable) {
 				r.s.log.Warn("room: publish failed", "room", r.name, "err", res.err)
 			}
-			if op.plain {
-				r.s.send(op.t, netpoll.TextFrame([]byte("error: message not sent: bus unavailable")))
-			} else {
-				r.s.send(op.t, errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent: bus unavailable")))
-			}
+			r.sendFailed(op)
 			continue
 		}
 		if !op.plain {
-			r.s.send(op.t, frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq}))
+			_ = op.out.send(frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq}))
 		}
 	}
-	r.runPublish(ctx)
+	r.runQueue(ctx)
+	r.checkEmpty(ctx)
+}
+
+// sendFailed tells a sender its message was not sent (or, after a timeout,
+// may have been: retrying with the same id is safe either way).
+func (r *room) sendFailed(op *roomOp) {
+	if op.plain {
+		_ = op.out.send(netpoll.TextFrame([]byte("error: message not sent: bus unavailable")))
+		return
+	}
+	_ = op.out.send(errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent (or not known to be): retry with the same id")))
 }
 
 // runPresence runs queued presence changes in order, one batch in flight.
@@ -454,23 +593,33 @@ func (r *room) runPresence(ctx actor.Context) {
 	batch := r.presQ
 	r.presQ = nil
 	r.presBusy = true
+	done := make(chan struct{})
+	r.presDone = done
 	b, room, self, root, log := r.s.cfg.Broker, r.name, ctx.Self(), r.s.root, r.s.log
 	r.s.goTask(func() {
-		for _, p := range batch {
-			cctx, cancel := r.s.brokerCtx()
-			var err error
-			if p.add {
-				err = b.AddPresence(cctx, room, p.m)
-			} else {
-				err = b.RemovePresence(cctx, room, p.m)
-			}
-			cancel()
-			if err != nil {
-				log.Warn("room: presence update failed", "room", room, "add", p.add, "err", err)
-			}
-		}
+		defer close(done)
+		r.s.applyPresence(b, room, batch, log)
 		root.Send(self, &presenceDone{})
 	})
+}
+
+// applyPresence makes the presence changes of batch, in order. A change
+// the bus refuses is logged; the bus's own expiry of a node's members is
+// the backstop.
+func (s *System) applyPresence(b relay.Broker, room string, batch []presOp, log *slog.Logger) {
+	for _, p := range batch {
+		cctx, cancel := s.brokerCtx()
+		var err error
+		if p.add {
+			err = b.AddPresence(cctx, room, p.m)
+		} else {
+			err = b.RemovePresence(cctx, room, p.m)
+		}
+		cancel()
+		if err != nil {
+			log.Warn("room: presence update failed", "room", room, "add", p.add, "err", err)
+		}
+	}
 }
 
 // presenceEvent fans a member_joined/member_left out to the local JSON
@@ -485,52 +634,83 @@ func (r *room) presenceEvent(ctx actor.Context, e relay.PresenceEvent) {
 		if m.plain || m.session == e.Member.Session {
 			continue
 		}
-		r.s.send(m.t, f)
+		_ = m.out.send(f)
 	}
 }
 
+// history reads a page of history on a transient goroutine, which encodes
+// the reply (historyFrame) and posts it back; the room hands it to the
+// asking connection (queryRead).
 func (r *room) history(ctx actor.Context, op *roomOp) {
 	limit := op.limit
 	if limit <= 0 || limit > r.s.cfg.HistoryLimit {
 		limit = r.s.cfg.HistoryLimit
 	}
-	b, room, t, id := r.s.cfg.Broker, r.name, op.t, op.id
 	req := relay.HistoryRequest{Before: op.before, Limit: limit}
 	if op.before == 0 {
 		// Newest messages: the newest Limit below "infinity".
 		req.Before = math.MaxInt64
 	}
+	r.queries++
+	b, room, self, root, maxBytes := r.s.cfg.Broker, r.name, ctx.Self(), r.s.root, r.s.cfg.HistoryBytes
 	r.s.goTask(func() {
 		cctx, cancel := r.s.brokerCtx()
 		defer cancel()
 		res, err := b.History(cctx, room, req)
+		d := &queryRead{op: op, pos: res.Position}
 		if err != nil {
-			r.s.send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "history unavailable")))
-			return
+			d.frame = errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "history unavailable"))
+		} else {
+			d.frame = historyFrame(room, res, maxBytes)
 		}
-		out := protocol.History{Type: protocol.TypeHistory, Room: room, Messages: make([]protocol.Message, len(res.Messages))}
-		for i, m := range res.Messages {
-			out.Messages[i] = protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS}
-		}
-		r.s.send(t, frameOf(out))
+		root.Send(self, d)
 	})
 }
 
+// historyFrame encodes a history reply: the newest of res.Messages whose
+// encoded size stays within maxBytes (at least one, so paging goes on),
+// with more:true when older messages exist than the first one sent.
+func historyFrame(room string, res relay.HistoryResult, maxBytes int) []byte {
+	msgs := res.Messages
+	size, from := 0, len(msgs)
+	for from > 0 {
+		m := msgs[from-1]
+		n := len(protocol.Encode(protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS})) + 1
+		if size+n > maxBytes && from < len(msgs) {
+			break
+		}
+		size += n
+		from--
+	}
+	msgs = msgs[from:]
+	out := protocol.History{Type: protocol.TypeHistory, Room: room, Messages: make([]protocol.Message, len(msgs))}
+	for i, m := range msgs {
+		out.Messages[i] = protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS}
+	}
+	out.More = len(msgs) > 0 && res.Earliest != 0 && msgs[0].Seq > res.Earliest
+	return frameOf(out)
+}
+
+// presence reads the room's presence on a transient goroutine, which
+// encodes the reply and posts it back (queryRead).
 func (r *room) presence(ctx actor.Context, op *roomOp) {
-	b, room, t, id := r.s.cfg.Broker, r.name, op.t, op.id
+	r.queries++
+	b, room, self, root := r.s.cfg.Broker, r.name, ctx.Self(), r.s.root
 	r.s.goTask(func() {
 		cctx, cancel := r.s.brokerCtx()
 		defer cancel()
 		list, err := b.Presence(cctx, room)
+		d := &queryRead{op: op}
 		if err != nil {
-			r.s.send(t, errFrame(protocol.Errorf(protocol.CodeUnavailable, id, "presence unavailable")))
-			return
+			d.frame = errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "presence unavailable"))
+		} else {
+			out := protocol.Presence{Type: protocol.TypePresence, Room: room, Members: make([]protocol.Member, len(list))}
+			for i, m := range list {
+				out.Members[i] = protocol.Member{Name: m.Name, Node: m.Node}
+			}
+			d.frame = frameOf(out)
 		}
-		out := protocol.Presence{Type: protocol.TypePresence, Room: room, Members: make([]protocol.Member, len(list))}
-		for i, m := range list {
-			out.Members[i] = protocol.Member{Name: m.Name, Node: m.Node}
-		}
-		r.s.send(t, frameOf(out))
+		root.Send(self, d)
 	})
 }
 
@@ -538,17 +718,6 @@ func (r *room) presence(ctx actor.Context, op *roomOp) {
 type heldFrame struct {
 	seq   uint64
 	frame []byte
-}
-
-// send queues frame on a member's socket (safe from any goroutine: the
-// socket's queue has its own lock). A queue over its cap kicks the member
-// as a slow consumer; its actor then stops and the room drops it. A closed
-// socket drops the frame: its actor is already on its way out.
-func (s *System) send(t Transport, frame []byte) {
-	if err := t.Send(frame); errors.Is(err, netpoll.ErrQueueFull) {
-		s.count.slowKicks.Add(1)
-		t.Kick(closeSlowConsumer, "slow consumer")
-	}
 }
 
 // frameOf encodes a node frame as a complete text frame.

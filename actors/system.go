@@ -26,6 +26,7 @@ const (
 	DefaultBrokerTimeout   = 5 * time.Second
 	DefaultCheckInterval   = 5 * time.Second
 	DefaultPublishBatch    = 256
+	DefaultHistoryBytes    = 256 << 10
 )
 
 // LobbyRoom is the room plain (seed mode) connections join.
@@ -34,13 +35,19 @@ const LobbyRoom = "lobby"
 // Config configures the actor system of one node. NodeID and Broker are
 // required; every other zero value means the default.
 type Config struct {
-	NodeID          string        // required
-	Broker          relay.Broker  // required (node passes relay.NewMemory(...) without Redis)
-	Logger          *slog.Logger  // nil: discard
-	MaxRoomsPerConn int           // 0: 64
-	HistoryLimit    int           // max messages in one history reply (0: 100)
-	BrokerTimeout   time.Duration // per broker call (0: 5s)
-	CheckInterval   time.Duration // periodic position check per room (0: 5s)
+	NodeID          string       // required
+	Broker          relay.Broker // required (node passes relay.NewMemory(...) without Redis)
+	Logger          *slog.Logger // nil: discard
+	MaxRoomsPerConn int          // 0: 64
+	HistoryLimit    int          // max messages in one history reply (0: 100)
+	// HistoryBytes caps the encoded messages of one history reply (0: 256
+	// KiB); the reply then says more:true and the client pages on with
+	// before. The newest message asked for is always sent, so paging
+	// progresses. Keep it well under the socket's queue cap, so a reply
+	// never gets its asker closed as a slow consumer.
+	HistoryBytes  int
+	BrokerTimeout time.Duration // per broker call (0: 5s)
+	CheckInterval time.Duration // periodic position check per room (0: 5s)
 	// PublishBatch caps the messages a room hands to the broker in one
 	// batch (0: 256). One batch per room is in flight at a time.
 	PublishBatch int
@@ -116,6 +123,12 @@ type Session struct {
 	pid  *actor.PID
 	id   string
 	done atomic.Bool // set when the actor stops; later posts are dropped
+
+	// gate orders HandleMessage's posts against stopReading: a frame is
+	// posted under it, so once stopped is set every frame read is already
+	// in the mailbox, ahead of readStopped.
+	gate    sync.Mutex
+	stopped bool // guarded by gate: frames are no longer read (drain)
 }
 
 // stopDecider stops a failing actor instead of restarting it.
@@ -131,7 +144,7 @@ func New(cfg Config) (*System, error) {
 		return nil, errors.New("actors: Broker is required")
 	}
 	if cfg.MaxRoomsPerConn < 0 || cfg.HistoryLimit < 0 || cfg.BrokerTimeout < 0 ||
-		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 {
+		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 || cfg.HistoryBytes < 0 {
 		return nil, errors.New("actors: limits must not be negative")
 	}
 	if cfg.MaxRoomsPerConn == 0 {
@@ -148,6 +161,9 @@ func New(cfg Config) (*System, error) {
 	}
 	if cfg.PublishBatch == 0 {
 		cfg.PublishBatch = DefaultPublishBatch
+	}
+	if cfg.HistoryBytes == 0 {
+		cfg.HistoryBytes = DefaultHistoryBytes
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -215,12 +231,27 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 
 // HandleMessage posts one data frame to the connection actor and never
 // blocks. It takes payload over, as netpoll hands it: the caller must not
-// touch it afterwards.
+// touch it afterwards. Once the connection drains (stopReading) frames are
+// no longer read: the client was told to reconnect and retries what it sent
+// after that, with the same ids, on the node it reconnects to.
 func (s *Session) HandleMessage(op ws.OpCode, payload []byte) {
 	if s.done.Load() {
 		return
 	}
-	s.sys.root.Send(s.pid, &inbound{op: op, payload: payload})
+	s.gate.Lock()
+	if !s.stopped {
+		s.sys.root.Send(s.pid, &inbound{op: op, payload: payload})
+	}
+	s.gate.Unlock()
+}
+
+// stopReading stops taking frames and posts readStopped to the actor,
+// behind every frame already taken. Called by the connection actor.
+func (s *Session) stopReading() {
+	s.gate.Lock()
+	s.stopped = true
+	s.sys.root.Send(s.pid, &readStopped{})
+	s.gate.Unlock()
 }
 
 // HandleClose tells the connection actor its socket is gone; the actor
@@ -251,15 +282,28 @@ func (s *System) forget(sess *Session) {
 	s.mu.Unlock()
 }
 
-// Drain tells every connection to go: JSON connections get
-// reconnect{reason, after_ms} then Close(1001); plain ones Close(1001).
-// It returns after posting to all.
+// Drain tells every connection to go (Session.Drain). It returns after
+// posting to all.
 func (s *System) Drain(reason string, after time.Duration) {
-	msg := &drain{reason: reason, after: after}
 	for _, sess := range s.sessions() {
-		if !sess.done.Load() {
-			s.root.Send(sess.pid, msg)
-		}
+		sess.Drain(reason, after)
+	}
+}
+
+// Sessions returns the connections open now, for a caller that drains them
+// in batches.
+func (s *System) Sessions() []*Session { return s.sessions() }
+
+// Drain tells the connection to go, and returns at once. The connection
+// queues reconnect{reason, after_ms} (JSON mode; after_ms is drawn from
+// [after, 2*after)), then stops reading frames, answers every frame it had
+// read (ack or error; a join gets error "draining"), and once those answers
+// are queued closes with 1001: netpoll writes them before the close frame.
+// Rooms answer sends only when the bus did, so a drain lasts at most about
+// the broker timeout; the node bounds it with its shutdown grace.
+func (s *Session) Drain(reason string, after time.Duration) {
+	if !s.done.Load() {
+		s.sys.root.Send(s.pid, &drain{reason: reason, after: after})
 	}
 }
 
@@ -303,6 +347,9 @@ func (s *System) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("actors: shutdown: %w", ctx.Err())
 	}
 }
+
+// outbox returns the outbox of socket t (see outbox.go).
+func (s *System) outbox(t Transport) outbox { return outbox{t: t, kicks: &s.count.slowKicks} }
 
 // goTask runs f on a transient goroutine counted for Shutdown.
 func (s *System) goTask(f func()) {

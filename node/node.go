@@ -68,6 +68,11 @@ type Config struct {
 	MaxRoomsPerConn int
 	// HistoryLimit caps the messages of one history reply (default 100).
 	HistoryLimit int
+	// HistoryBytes caps the encoded messages of one history reply; a reply
+	// that stops short says more:true (default 256 KiB, at most a quarter
+	// of MaxQueueBytes). More than half of MaxQueueBytes is refused: a
+	// reply must never get its asker closed as a slow consumer.
+	HistoryBytes int
 	// ShutdownGrace bounds a graceful shutdown: after it, remaining
 	// connections are cut (default 10s).
 	ShutdownGrace time.Duration
@@ -154,6 +159,18 @@ func New(cfg Config) (*Node, error) {
 	if cfg.HandshakeTimeout < 0 || cfg.ShutdownGrace < 0 || cfg.MaxHeaderBytes < 0 {
 		return nil, errors.New("node: timeouts and limits must not be negative")
 	}
+	queueBytes := cfg.MaxQueueBytes
+	if queueBytes <= 0 {
+		queueBytes = netpoll.DefaultMaxQueueBytes
+	}
+	switch {
+	case cfg.HistoryBytes < 0:
+		return nil, errors.New("node: history bytes must not be negative")
+	case cfg.HistoryBytes == 0:
+		cfg.HistoryBytes = min(actors.DefaultHistoryBytes, queueBytes/4)
+	case cfg.HistoryBytes > queueBytes/2:
+		return nil, fmt.Errorf("node: history bytes %d over half the queue cap %d: a history reply would risk a 4008 kick", cfg.HistoryBytes, queueBytes)
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), broker: cfg.Broker}
 	if n.broker == nil {
 		n.broker = relay.NewMemory(relay.MemoryConfig{})
@@ -179,6 +196,7 @@ func New(cfg Config) (*Node, error) {
 		Logger:          n.log.With("part", "actors"),
 		MaxRoomsPerConn: cfg.MaxRoomsPerConn,
 		HistoryLimit:    cfg.HistoryLimit,
+		HistoryBytes:    cfg.HistoryBytes,
 	})
 	if err != nil {
 		n.poller.Close()

@@ -50,7 +50,9 @@ const (
 	CodeNotJoined   = "not_joined"   // send/history/presence/leave on a room not joined
 	CodeBadText     = "bad_text"     // empty text
 	CodeTooMany     = "too_many_rooms"
-	CodeUnavailable = "unavailable" // the bus (Redis) cannot take the message now, or the room's publish queue is full; nothing was sent
+	CodeUnavailable = "unavailable" // not sent (bus down, publish queue full), or unknown whether it was: retry with the same id
+	CodeDraining    = "draining"    // read while the node drains, not served: retry on the node you reconnect to
+	CodeBusy        = "busy"        // a history or presence request of this connection is still in flight
 	CodeInternal    = "internal"
 	// CodeRateLimited: the connection sent frames faster than its rate
 	// limit; the frame was not served. The error carries retry_after_ms.
@@ -256,6 +258,8 @@ type Ack struct {
 	ID   string `json:"id,omitempty"`
 	Room string `json:"room"`
 	Seq  uint64 `json:"seq"`
+	// Repeat: this id was already published (a retry); Seq is the original's.
+	Repeat bool `json:"repeat,omitempty"`
 }
 
 // Left confirms a leave.
@@ -269,6 +273,8 @@ type History struct {
 	Type     string    `json:"type"`
 	Room     string    `json:"room"`
 	Messages []Message `json:"messages"`
+	// More: older messages exist; ask again with before = the first seq.
+	More bool `json:"more,omitempty"`
 }
 
 // Presence answers a presence request.

@@ -67,6 +67,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.DurationVar(&c.FlushDelay, "flush-delay", 0, "batching window before netpoll writes fan-out: more frames per write, that much more latency")
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", 64, "rooms one connection may join")
 	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
+	fs.IntVar(&c.HistoryBytes, "history-bytes", 0, "encoded bytes of messages in one history reply at most; the reply then says more:true (0: 256 KiB or a quarter of --max-queue-bytes, whichever is less; at most half of it)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: how long clients get to leave before they are cut")
 	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "on drain, each client's reconnect after_ms is drawn from [d, 2d)")
 	fs.IntVar(&o.gcPercent, "gc-percent", 50, "Go GC target (as GOGC): heap growth over the live heap before a collection; lower keeps idle connections' RSS near their live size")
