@@ -8,7 +8,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/gobwas/ws"
 
-	"parley/netpoll"
 	"parley/protocol"
 )
 

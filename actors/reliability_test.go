@@ -45,7 +45,7 @@ func redisOn(t *testing.T, srv *redistest.Server, node string) relay.Broker {
 }
 
 // gateBroker wraps a broker; while a gate is set, the calls it guards wait
-// until it is closed. It keeps the inner broker's batch publishing.
+// until it is closed.
 type gateBroker struct {
 	relay.Broker
 	mu      sync.Mutex
@@ -97,20 +97,9 @@ func (g *gateBroker) Publish(ctx context.Context, m relay.Message) (relay.Positi
 	return g.Broker.Publish(ctx, m)
 }
 
-func (g *gateBroker) PublishBatch(ctx context.Context, room string, msgs []relay.Message) ([]relay.Position, error) {
+func (g *gateBroker) PublishBatch(ctx context.Context, room string, known relay.Position, msgs []relay.Message) ([]relay.Position, error) {
 	g.wait("publish")
-	if bp, ok := g.Broker.(relay.BatchPublisher); ok {
-		return bp.PublishBatch(ctx, room, msgs)
-	}
-	out := make([]relay.Position, len(msgs))
-	for i, m := range msgs {
-		p, err := g.Broker.Publish(ctx, m)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = p
-	}
-	return out, nil
+	return g.Broker.PublishBatch(ctx, room, known, msgs)
 }
 
 func (g *gateBroker) History(ctx context.Context, room string, req relay.HistoryRequest) (relay.HistoryResult, error) {
