@@ -50,7 +50,7 @@ type options struct {
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("parley-bench", flag.ContinueOnError)
 	fs.Var(&o.urls, "url", "node WebSocket URL, repeatable or comma-separated (loopback only; default ws://127.0.0.1:8080/ws)")
-	fs.Var(&o.admins, "admin", "node admin address host:port for GET /debug/stats, repeatable (one per node)")
+	fs.Var(&o.admins, "admin", "node admin address host:port for GET /debug/stats, repeatable (one per node); floor: where to serve /debug/pprof/")
 	fs.Var(&o.pids, "pid", "node process id for RSS/CPU from /proc, repeatable (one per node, same order as --admin)")
 	fs.StringVar(&o.proto, "proto", "json", "json (protocol v1 on /ws) or plain (raw text, lobby, on /)")
 	fs.StringVar(&o.roomPrefix, "room-prefix", "bench", "fanout json: rooms are PREFIX0 … PREFIX(R-1)")

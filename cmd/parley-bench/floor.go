@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -282,10 +284,25 @@ func appendServerFrame(dst []byte, op ws.OpCode, payload []byte) []byte {
 }
 
 // runFloor serves a floor on addr until ctx ends, printing its address on
-// out once it listens and its counters when it stops.
-func runFloor(ctx context.Context, addr string, out io.Writer) error {
+// out once it listens and its counters when it stops. With admin (a
+// loopback host:port) it also serves /debug/pprof/ there, to profile the
+// floor as the nodes are profiled.
+func runFloor(ctx context.Context, addr, admin string, out io.Writer) error {
 	if addr == "" {
 		return errors.New("floor: --listen ADDR is required (a loopback host:port)")
+	}
+	var adminLn net.Listener
+	if admin != "" {
+		var err error
+		if adminLn, err = net.Listen("tcp", admin); err != nil {
+			return fmt.Errorf("floor --admin: %w", err)
+		}
+		defer adminLn.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go func() { _ = (&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}).Serve(adminLn) }()
 	}
 	f, err := startFloor(addr)
 	if err != nil {

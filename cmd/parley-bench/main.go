@@ -85,7 +85,10 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	case "floor":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return runFloor(ctx, o.listen, stdout)
+		if len(o.admins) > 1 {
+			return errors.New("floor: at most one --admin (where it serves /debug/pprof/)")
+		}
+		return runFloor(ctx, o.listen, strings.Join(o.admins, ""), stdout)
 	case "worker":
 		cfg, err := o.idleConfig(mode, nil)
 		if err != nil {
