@@ -1,32 +1,57 @@
-# Parley's two everyday commands: `make run` and `make test`.
+# Parley's two everyday commands: `make run` and `make test`; `make help`
+# lists the rest.
 GO      ?= go
 LISTEN  ?= :8080
 ADMIN   ?= 127.0.0.1:6060
 NODE_ID ?= n1
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The local cluster (deployments/local/cluster.sh reads these).
+CLUSTER_NODES ?= 4
+CLUSTER_PORT  ?= 8080
+CLUSTER_DIR   ?= run/cluster
+export CLUSTER_NODES CLUSTER_PORT CLUSTER_DIR
 # Debian packages the tests need: a real redis-server (and redis-cli for the
-# Redis Cluster test).
-TEST_PACKAGES ?= redis-server redis-tools
+# Redis Cluster test), HAProxy (deployment tests, make cluster), Chromium
+# (the browser test) and docker-compose (to validate the compose file; no
+# Docker engine is needed).
+TEST_PACKAGES ?= redis-server redis-tools haproxy chromium docker-compose
 
-.PHONY: run build test test-deps vet fuzz bench profile clean
+.PHONY: help run build test test-deps vet fuzz bench profile clean cluster cluster-down
+.DEFAULT_GOAL := help
 
-## run: start one node alone (embedded bus) on $(LISTEN); open http://localhost:8080
+## help: list the make targets
+help:
+	@awk -F': ' '/^## / {sub(/^## /, ""); printf "  make %-13s %s\n", $$1, substr($$0, length($$1) + 3)}' $(MAKEFILE_LIST)
+
+## run: one node alone (embedded bus) on LISTEN=:8080, admin on ADMIN=127.0.0.1:6060; open http://localhost:8080
 run:
 	$(GO) run ./cmd/parley --listen $(LISTEN) --admin $(ADMIN) --node-id $(NODE_ID)
 
-## build: build the node and the benchmark tool into bin/
+## build: build the node and the benchmark tool into bin/ (bin/parley --version)
 build:
-	$(GO) build -o bin/parley ./cmd/parley
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/parley ./cmd/parley
 	$(GO) build -o bin/parley-bench ./cmd/parley-bench
+
+## cluster: Redis, CLUSTER_NODES=4 nodes and HAProxy on 127.0.0.1:CLUSTER_PORT=8080 as plain processes
+cluster: build
+	bash deployments/local/cluster.sh up
+
+## cluster-down: stop what make cluster started (logs stay in CLUSTER_DIR=run/cluster)
+cluster-down:
+	bash deployments/local/cluster.sh down
 
 ## test-deps: install what the tests need (Debian/Ubuntu: apt-get; as root or with sudo)
 test-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(TEST_PACKAGES); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	$(GO) mod download
 
@@ -55,5 +80,6 @@ bench:
 profile:
 	bash bench/profile.sh
 
+## clean: remove bin/, run/ and benchmark output
 clean:
-	rm -rf bin bench/reports bench/profiles
+	rm -rf bin run bench/reports bench/profiles

@@ -65,7 +65,7 @@ func (n *Node) publicMux() http.Handler {
 // "unavailable", and the bus is a shared dependency that every node loses
 // at once, so taking them all out of rotation would help no one.
 func (n *Node) ready() (bool, string) {
-	if n.draining.Load() {
+	if n.unready.Load() {
 		return false, "draining"
 	}
 	return true, ""
@@ -126,7 +126,7 @@ func (n *Node) Stats() Stats {
 	as := n.sys.Stats()
 	return Stats{
 		Node:        n.cfg.NodeID,
-		Draining:    n.draining.Load(),
+		Draining:    n.unready.Load(),
 		UptimeSec:   int64(time.Since(n.started) / time.Second),
 		Connections: n.poller.Len(),
 		Sessions:    as.Connections,

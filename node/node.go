@@ -73,9 +73,20 @@ type Config struct {
 	// of MaxQueueBytes). More than half of MaxQueueBytes is refused: a
 	// reply must never get its asker closed as a slow consumer.
 	HistoryBytes int
-	// ShutdownGrace bounds a graceful shutdown: after it, remaining
-	// connections are cut (default 10s).
+	// ShutdownGrace bounds a graceful shutdown from its start (drain delay
+	// included): after it, remaining connections are cut (default 10s).
 	ShutdownGrace time.Duration
+	// DrainDelay is how long a draining node keeps serving, upgrades
+	// included, with /readyz already answering 503, so that a load balancer
+	// takes it out of rotation before its clients are told to go (default
+	// 0: no load balancer to wait for; cmd/parley's --drain-delay defaults
+	// to 3s, a bit longer than the HAProxy check window in deployments/).
+	// It must be shorter than ShutdownGrace.
+	DrainDelay time.Duration
+	// DrainBatch is how many clients are told to reconnect at once during
+	// a drain; batches follow each other every DrainBatchInterval (default
+	// 500).
+	DrainBatch int
 	// ReconnectAfter is the base of the after_ms sent in reconnect frames on
 	// drain; each client gets a value in [d, 2d) (default 1s).
 	ReconnectAfter time.Duration
@@ -103,6 +114,9 @@ func (c *Config) setDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	if c.DrainBatch == 0 {
+		c.DrainBatch = 500
+	}
 	if c.ReconnectAfter == 0 {
 		c.ReconnectAfter = time.Second
 	}
@@ -120,7 +134,7 @@ func (c *Config) setDefaults() {
 // http.Server (upgrade.go), the public and admin http.Servers (one goroutine
 // each plus one per HTTP connection), and what netpoll, the
 // actors and the broker own. A Node's own fields are set by New and Start
-// and read-only afterwards, except draining (atomic) and the handshake set
+// and read-only afterwards, except unready and draining (atomic) and the handshake set
 // under hsMu (touched by the accept loop, the handshake goroutines and
 // Shutdown).
 type Node struct {
@@ -144,6 +158,9 @@ type Node struct {
 	hsClosed   bool // Shutdown began: no new handshake is tracked
 	hsWG       sync.WaitGroup
 
+	// unready turns /readyz to 503 (the first step of a drain); draining
+	// refuses upgrades (after the drain delay).
+	unready  atomic.Bool
 	draining atomic.Bool
 	started  time.Time
 	stopOnce sync.Once
@@ -156,7 +173,7 @@ func New(cfg Config) (*Node, error) {
 	if err := protocol.CheckName(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("node: node id %q: %w", cfg.NodeID, err)
 	}
-	if cfg.HandshakeTimeout < 0 || cfg.ShutdownGrace < 0 || cfg.MaxHeaderBytes < 0 {
+	if cfg.HandshakeTimeout < 0 || cfg.ShutdownGrace < 0 || cfg.MaxHeaderBytes < 0 || cfg.DrainDelay < 0 || cfg.DrainBatch < 0 {
 		return nil, errors.New("node: timeouts and limits must not be negative")
 	}
 	queueBytes := cfg.MaxQueueBytes
@@ -170,6 +187,9 @@ func New(cfg Config) (*Node, error) {
 		cfg.HistoryBytes = min(actors.DefaultHistoryBytes, queueBytes/4)
 	case cfg.HistoryBytes > queueBytes/2:
 		return nil, fmt.Errorf("node: history bytes %d over half the queue cap %d: a history reply would risk a 4008 kick", cfg.HistoryBytes, queueBytes)
+	}
+	if cfg.DrainDelay >= cfg.ShutdownGrace {
+		return nil, fmt.Errorf("node: drain delay %s must be shorter than the shutdown grace %s", cfg.DrainDelay, cfg.ShutdownGrace)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), broker: cfg.Broker}
 	if n.broker == nil {
@@ -268,12 +288,24 @@ func (n *Node) AdminAddr() string {
 func (n *Node) ID() string { return n.cfg.NodeID }
 
 // Draining reports whether the node has begun shutting down.
-func (n *Node) Draining() bool { return n.draining.Load() }
+func (n *Node) Draining() bool { return n.unready.Load() }
 
-// Shutdown drains the node: /readyz turns 503, new upgrades are refused,
-// every client gets reconnect (JSON) and close 1001, and the node waits up
-// to ShutdownGrace (or ctx) for the clients to go before cutting the rest.
-// Then it stops the actors, the epoll loop, the listeners and the broker.
+// DrainBatchInterval is the pause between two batches of reconnect frames
+// during a drain (see Config.DrainBatch).
+const DrainBatchInterval = 50 * time.Millisecond
+
+// Shutdown drains the node, in the order a load balancer needs:
+//
+//  1. /readyz turns 503 at once, while everything else keeps serving,
+//     upgrades included, for DrainDelay: the load balancer's health check
+//     takes the node out of rotation before any client is told to go;
+//  2. new upgrades are refused with 503;
+//  3. clients get reconnect (JSON, with a spread after_ms) and close 1001,
+//     DrainBatch of them every DrainBatchInterval;
+//  4. the node waits for the sockets to go, until ShutdownGrace (counted
+//     from the start, or ctx) is over, then cuts the rest;
+//  5. it stops the actors, the epoll loop, the listeners and the broker.
+//
 // Calling it again returns the first result.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.stopOnce.Do(func() { n.stopErr = n.shutdown(ctx) })
@@ -281,16 +313,33 @@ func (n *Node) Shutdown(ctx context.Context) error {
 }
 
 func (n *Node) shutdown(ctx context.Context) error {
-	n.draining.Store(true)
-	n.log.Info("draining", "connections", n.poller.Len())
+	n.unready.Store(true)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownGrace)
 	defer cancel()
+	if d := n.cfg.DrainDelay; d > 0 {
+		n.log.Info("draining: not ready, serving until the load balancer has noticed",
+			"drain_delay", d.String(), "connections", n.poller.Len())
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	n.draining.Store(true)
+	n.log.Info("draining: telling clients to reconnect", "connections", n.poller.Len(), "batch", n.cfg.DrainBatch)
 
-	n.sys.Drain("shutdown", n.cfg.ReconnectAfter)
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(DrainBatchInterval)
 	defer tick.Stop()
+	// Keep telling while waiting: a later round also tells a client whose
+	// handshake was under way when upgrades stopped.
+	told := make(map[*actors.Session]bool)
 wait:
-	for n.poller.Len() > 0 {
+	for {
+		k := n.drainBatch(told)
+		if k == 0 && n.poller.Len() == 0 {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			n.log.Warn("grace period over, cutting remaining connections", "connections", n.poller.Len())
@@ -325,6 +374,24 @@ wait:
 	n.serveWG.Wait()
 	n.log.Info("stopped")
 	return errors.Join(errs...)
+}
+
+// drainBatch tells at most DrainBatch connections not in told to go, adds
+// them to told, and returns how many it told.
+func (n *Node) drainBatch(told map[*actors.Session]bool) int {
+	k := 0
+	for _, sess := range n.sys.Sessions() {
+		if k == n.cfg.DrainBatch {
+			break
+		}
+		if told[sess] {
+			continue
+		}
+		told[sess] = true
+		sess.Drain("shutdown", n.cfg.ReconnectAfter)
+		k++
+	}
+	return k
 }
 
 // upgrade turns an HTTP request into a registered WebSocket connection

@@ -369,7 +369,9 @@ func TestReadyzWhileDraining(t *testing.T) {
 	n := startNode(t, Config{ShutdownGrace: 5 * time.Second})
 	c := dial(t, n, "/ws")
 	c.await("welcome")
-	// Hold the node in its drain: this client ignores the close for now.
+	// Hold the node in its drain (past the drain delay): this client
+	// ignores the close for now.
+	n.unready.Store(true)
 	n.draining.Store(true)
 	if code, _ := httpGet(t, n.Addr(), "/readyz"); code != 503 {
 		t.Fatalf("readyz while draining: %d, want 503", code)

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -24,14 +25,54 @@ import (
 	"parley/relay"
 )
 
+// version is set at build time (-ldflags "-X main.version=v1.2.3"); empty
+// means "read it from the build info" (see versionString).
+var version = ""
+
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) || errors.Is(err, errHealthy) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "parley:", err)
 		os.Exit(1)
 	}
+}
+
+// errVersion ends run after --version was printed.
+var errVersion = errors.New("version printed")
+
+// versionString is "parley <version> (<commit>[, modified], <go version>)":
+// the version set at build time, else the module version, plus the VCS
+// revision the binary was built from when the build recorded one.
+func versionString() string {
+	v, rev, dirty, gov := version, "", false, runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "" {
+			v = bi.Main.Version
+		}
+		gov = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	var extra []string
+	if rev != "" {
+		extra = append(extra, rev[:min(len(rev), 12)])
+		if dirty {
+			extra = append(extra, "modified")
+		}
+	}
+	extra = append(extra, gov)
+	return "parley " + v + " (" + strings.Join(extra, ", ") + ")"
 }
 
 // options are the command line's settings; see register for their doc.
@@ -42,13 +83,14 @@ type options struct {
 	historyTTL, presenceTimeout time.Duration
 	logLevel, logFormat         string
 	gcPercent                   int
+	version, healthcheck        bool
 }
 
 func register(fs *flag.FlagSet, o *options) {
 	c := &o.cfg
 	fs.StringVar(&c.Listen, "listen", ":8080", "public address: WebSocket upgrades at / (plain) and /ws (JSON), the chat page, /healthz, /readyz")
 	fs.StringVar(&c.Admin, "admin", "127.0.0.1:6060", "admin address for /debug/pprof/ and /debug/stats (\"-\" disables)")
-	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in welcome frames and presence (default: random n-xxxxxx)")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in welcome frames and presence (empty: <host>-<pid>)")
 	fs.StringVar(&o.redisURL, "redis", "", "Redis URL (redis://host:port/db): use Redis as the bus instead of the embedded one")
 	fs.StringVar(&o.cluster, "redis-cluster", "", "Redis Cluster seed addresses, host:port,host:port,…")
 	fs.StringVar(&o.sentinel, "redis-sentinel", "", "Redis Sentinel: master@host:port,host:port,…")
@@ -68,11 +110,15 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", 64, "rooms one connection may join")
 	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
 	fs.IntVar(&c.HistoryBytes, "history-bytes", 0, "encoded bytes of messages in one history reply at most; the reply then says more:true (0: 256 KiB or a quarter of --max-queue-bytes, whichever is less; at most half of it)")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: how long clients get to leave before they are cut")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: the whole drain, --drain-delay included, ends within this; clients still there are cut")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", 3*time.Second, "on SIGTERM/SIGINT: keep serving this long with /readyz answering 503, so a load balancer takes the node out before clients are told to go (a bit longer than its check window: HAProxy inter × fall)")
+	fs.IntVar(&c.DrainBatch, "drain-batch", 500, "on drain: clients told to reconnect at once, a batch every 50ms")
 	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "on drain, each client's reconnect after_ms is drawn from [d, 2d)")
 	fs.IntVar(&o.gcPercent, "gc-percent", 50, "Go GC target (as GOGC): heap growth over the live heap before a collection; lower keeps idle connections' RSS near their live size")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.healthcheck, "healthcheck", false, "probe the /readyz of the node at --listen on this host and exit 0 if it is ready, 1 if not (a container's health check)")
 }
 
 // envName is the environment twin of a flag: max-message-size → PARLEY_MAX_MESSAGE_SIZE.
@@ -80,23 +126,27 @@ func envName(flagName string) string {
 	return "PARLEY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// parse reads args, then fills every flag not given from its environment twin.
+// seeHelp ends every command-line error: one line, then where to look.
+const seeHelp = "; see parley --help"
+
+// parse reads args, then fills every flag not given from its environment
+// twin. --help prints the usage on out and returns flag.ErrHelp; any other
+// mistake is one line of error (the usage is not dumped under it).
 func parse(args []string, getenv func(string) string, out io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("parley", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs.SetOutput(io.Discard)
 	register(fs, o)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: parley [flags]\n\nRuns one Parley chat node. Every flag has an environment twin (PARLEY_<FLAG>, e.g. PARLEY_LISTEN).\n\nFlags:\n")
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(out, "  --%s (env %s, default %q)\n    \t%s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
-		})
-	}
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			usage(fs, out)
+			return nil, err
+		}
+		return nil, errors.New(err.Error() + seeHelp)
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return nil, fmt.Errorf("unexpected argument %q%s", fs.Arg(0), seeHelp)
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -111,7 +161,22 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 			}
 		}
 	})
-	return o, errors.Join(errs...)
+	if len(errs) > 0 {
+		return nil, errors.New(errs[0].Error() + seeHelp)
+	}
+	return o, nil
+}
+
+// usage prints every flag with its environment twin and its default.
+func usage(fs *flag.FlagSet, out io.Writer) {
+	fmt.Fprintf(out, "Usage: parley [flags]\n\nRuns one Parley chat node. Every flag has an environment twin (PARLEY_<FLAG>, e.g. PARLEY_LISTEN).\n\nFlags:\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		def := fmt.Sprintf("default %q", f.DefValue)
+		if f.DefValue == "" {
+			def = "no default"
+		}
+		fmt.Fprintf(out, "  --%s (env %s, %s)\n    \t%s\n", f.Name, envName(f.Name), def, f.Usage)
+	})
 }
 
 func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
@@ -129,19 +194,27 @@ func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format: want text or json, got %q", o.logFormat)
 }
 
-func run(args []string, stderr io.Writer) error {
-	o, err := parse(args, os.Getenv, stderr)
+func run(args []string, stdout, stderr io.Writer) error {
+	o, err := parse(args, os.Getenv, stdout)
 	if err != nil {
 		return err
+	}
+	if o.version {
+		fmt.Fprintln(stdout, versionString())
+		return errVersion
+	}
+	if o.healthcheck {
+		return healthcheck(o.cfg.Listen, stdout)
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {
-		return err
+		return errors.New(err.Error() + seeHelp)
 	}
 	o.cfg.Logger = log
 	if o.gcPercent <= 0 {
-		return fmt.Errorf("--gc-percent must be positive, got %d", o.gcPercent)
+		return fmt.Errorf("--gc-percent must be positive, got %d%s", o.gcPercent, seeHelp)
 	}
+	log.Info("starting", "version", versionString())
 	debug.SetGCPercent(o.gcPercent)
 	relay.RouteRedisLogs(log.With("part", "go-redis"))
 	if o.cfg.NodeID == "" {
@@ -151,7 +224,7 @@ func run(args []string, stderr io.Writer) error {
 	if o.redisURL != "" || o.cluster != "" || o.sentinel != "" {
 		rc, err := relay.ParseRedisFlags(o.redisURL, o.cluster, o.sentinel)
 		if err != nil {
-			return err
+			return errors.New(err.Error() + seeHelp)
 		}
 		rc.NodeID = o.cfg.NodeID
 		rc.HistorySize = o.historySize
@@ -160,16 +233,18 @@ func run(args []string, stderr io.Writer) error {
 		rc.Logger = log.With("part", "redis")
 		b, err := relay.NewRedis(rc)
 		if err != nil {
-			return err
+			return errors.New(err.Error() + seeHelp)
 		}
 		o.cfg.Broker = b
+		logBusState(log, b, o.redisURL, o.cluster, o.sentinel)
 	} else {
 		o.cfg.Broker = relay.NewMemory(relay.MemoryConfig{HistorySize: o.historySize, HistoryTTL: o.historyTTL})
+		log.Info("bus: embedded, this node alone (give --redis to share rooms between nodes)")
 	}
 	n, err := node.New(o.cfg)
 	if err != nil {
 		o.cfg.Broker.Close()
-		return err
+		return errors.New(err.Error() + seeHelp)
 	}
 	if err := n.Start(); err != nil {
 		o.cfg.Broker.Close()

@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"parley/relay"
+	"parley/relay/redistest"
 )
 
 func TestParseFlagsAndEnv(t *testing.T) {
@@ -86,4 +91,96 @@ func TestDefaultNodeID(t *testing.T) {
 			t.Errorf("defaultNodeID(%q) = %q, want %q", host, got, want)
 		}
 	}
+}
+
+// TestFlagErrorsAreOneLine: a mistake on the command line is one line that
+// names it and points at --help, not a usage dump.
+func TestFlagErrorsAreOneLine(t *testing.T) {
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--nope"}, nil, "-nope"},
+		{[]string{"--ping-interval", "soon"}, nil, "ping-interval"},
+		{[]string{"extra"}, nil, `"extra"`},
+		{nil, map[string]string{"PARLEY_MAX_MESSAGE_SIZE": "big"}, "PARLEY_MAX_MESSAGE_SIZE"},
+	}
+	for _, tc := range cases {
+		var out bytes.Buffer
+		_, err := parse(tc.args, func(k string) string { return tc.env[k] }, &out)
+		if err == nil {
+			t.Fatalf("%v: no error", tc.args)
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) || !strings.HasSuffix(msg, "see parley --help") {
+			t.Errorf("%v: error %q: want one line naming %s and ending in see parley --help", tc.args, msg, tc.want)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%v: printed %d bytes of usage besides the error", tc.args, out.Len())
+		}
+	}
+}
+
+// TestVersion: --version prints one line and ends run without starting.
+func TestVersion(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run([]string{"--version"}, &out, &errOut); !errors.Is(err, errVersion) {
+		t.Fatalf("--version: %v", err)
+	}
+	if s := out.String(); !strings.HasPrefix(s, "parley ") || strings.Count(s, "\n") != 1 {
+		t.Fatalf("--version printed %q", s)
+	}
+}
+
+// TestHelpNodeIDDefault: --help tells the real default of --node-id.
+func TestHelpNodeIDDefault(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parse([]string{"--help"}, func(string) string { return "" }, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "<host>-<pid>") || strings.Contains(out.String(), "n-xxxxxx") {
+		t.Fatalf("--help on --node-id:\n%s", out.String())
+	}
+}
+
+// TestBusStateAtStart: the first lines of the log say whether Redis
+// answers, and why not: refused, or a db number Redis does not have.
+func TestBusStateAtStart(t *testing.T) {
+	srv := redistest.Start(t)
+	dead := "redis://" + freeAddr(t) + "/0"
+	cases := []struct {
+		name, url, level, want string
+	}{
+		{"up", srv.URL(), "INFO", "bus: redis up"},
+		{"refused", dead, "ERROR", "connection refused"},
+		{"no such db", "redis://" + srv.Addr() + "/99", "ERROR", "DB index is out of range"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&buf, nil))
+			b, err := relay.NewRedis(relay.RedisConfig{URL: tc.url, NodeID: "bus-test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			logBusState(log, b, tc.url, "", "")
+			s := buf.String()
+			if !strings.Contains(s, "level="+tc.level) || !strings.Contains(s, tc.want) {
+				t.Fatalf("log %q: want level %s and %q", s, tc.level, tc.want)
+			}
+		})
+	}
+}
+
+// freeAddr returns a 127.0.0.1 address nothing listens on.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }
