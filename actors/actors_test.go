@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gobwas/ws"
 
@@ -407,12 +408,18 @@ func TestJoinSinceSeamUnderLoad(t *testing.T) {
 }
 
 func TestEpochReset(t *testing.T) {
-	env := newEnv(t, Config{}, relay.MemoryConfig{})
+	// The bus forgets the room (its TTL passes on the broker's clock).
+	var mu sync.Mutex
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	env := newEnv(t, Config{}, relay.MemoryConfig{HistoryTTL: time.Hour, Now: clock})
 	a := env.connect(t, "ann", false)
 	old := a.join("r")["epoch"]
 	a.send(`{"type":"send","room":"r","text":"x"}`)
 	a.messages(1)
-	env.broker.ForgetRoom("r")
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
 	a.send(`{"type":"send","room":"r","text":"y"}`)
 	j := a.next("joined")
 	if j["recovered"] != false || j["epoch"] == old || j["seq"].(float64) != 0 {

@@ -13,6 +13,7 @@ import (
 
 	"parley/netpoll"
 	"parley/relay"
+	"parley/relay/relaytest"
 )
 
 const waitFor = 5 * time.Second
@@ -112,13 +113,13 @@ type client struct {
 
 type testEnv struct {
 	sys    *System
-	broker *relay.Memory // nil unless the bus is a *relay.Memory
+	broker *relaytest.Broker // the bus of newEnv: the memory broker, wrapped for fault injection (nil for newEnvOn's own bus)
 	bus    relay.Broker
 }
 
 func newEnv(t *testing.T, cfg Config, mcfg relay.MemoryConfig) *testEnv {
 	t.Helper()
-	return newEnvOn(t, cfg, relay.NewMemory(mcfg))
+	return newEnvOn(t, cfg, relaytest.Wrap(relay.NewMemory(mcfg)))
 }
 
 // newEnvOn starts a system on bus b (shut down in t.Cleanup; closing b is
@@ -143,8 +144,8 @@ func newEnvOn(t *testing.T, cfg Config, b relay.Broker) *testEnv {
 			t.Error(err)
 		}
 	})
-	mem, _ := b.(*relay.Memory)
-	return &testEnv{sys: sys, broker: mem, bus: b}
+	wrapped, _ := b.(*relaytest.Broker)
+	return &testEnv{sys: sys, broker: wrapped, bus: b}
 }
 
 func (e *testEnv) connect(t *testing.T, name string, plain bool) *client {

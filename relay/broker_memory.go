@@ -200,10 +200,6 @@ func (m *Memory) memCheckLocked(op, room string) error {
 	if m.closed {
 		return fmt.Errorf("relay: memory %s %q: closed: %w", op, room, ErrUnavailable)
 	}
-	if m.unavailable {
-		m.stats.Errors++
-		return fmt.Errorf("relay: memory %s %q: %w", op, room, ErrUnavailable)
-	}
 	return nil
 }
 
@@ -266,14 +262,8 @@ func (m *Memory) PublishBatch(ctx context.Context, room string, known Position, 
 		}
 		m.stats.Publishes++
 		if subscribed && m.handler != nil {
-			n := 1
-			if m.filter != nil {
-				n = m.filter(msg)
-			}
-			for j := 0; j < n; j++ {
-				m.stats.Deliveries++
-				m.handler.HandleMessage(msg)
-			}
+			m.stats.Deliveries++
+			m.handler.HandleMessage(msg)
 		}
 		out[i] = Position{Seq: r.seq, Epoch: r.epoch}
 	}
@@ -470,56 +460,4 @@ func (m *Memory) Close() error {
 	m.stats.Up = false
 	m.mu.Unlock()
 	return nil
-}
-
-// SetUnavailable is a test hook: while on, every Publish, Subscribe,
-// History and presence call fails with an error wrapping ErrUnavailable.
-// It does not call HandleState; use SetState for that.
-func (m *Memory) SetUnavailable(on bool) {
-	m.mu.Lock()
-	m.unavailable = on
-	m.stats.Up = !on
-	m.mu.Unlock()
-}
-
-// SetDeliveryFilter is a test hook: f (nil: deliver once) returns how many
-// times a published message is handed to the handler: 0 drops it (a gap for
-// the subscriber), 2 duplicates it. f runs under the broker's lock.
-func (m *Memory) SetDeliveryFilter(f func(Message) int) {
-	m.mu.Lock()
-	m.filter = f
-	m.mu.Unlock()
-}
-
-// Resync is a test hook that simulates a re-established subscription: it
-// calls the handler's HandleResync.
-func (m *Memory) Resync() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.stats.Resyncs++
-	if m.handler != nil {
-		m.handler.HandleResync()
-	}
-}
-
-// SetState is a test hook that reports a bus transition to the handler
-// (err != nil: down, nil: up).
-func (m *Memory) SetState(err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.stats.Up = err == nil
-	if err == nil {
-		m.stats.Reconnects++
-	}
-	if m.handler != nil {
-		m.handler.HandleState(err)
-	}
-}
-
-// ForgetRoom is a test hook: it drops room's sequence and history as if its
-// TTL had passed, so the next use starts a new epoch.
-func (m *Memory) ForgetRoom(room string) {
-	m.mu.Lock()
-	delete(m.rooms, room)
-	m.mu.Unlock()
 }

@@ -3,7 +3,9 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,7 +102,7 @@ func TestMemoryEpochResetAfterTTL(t *testing.T) {
 	}
 }
 
-func TestMemoryDeliveryAndHooks(t *testing.T) {
+func TestMemoryDelivery(t *testing.T) {
 	b := NewMemory(MemoryConfig{})
 	rec := &rdsRecorder{}
 	b.SetHandler(rec)
@@ -109,41 +111,154 @@ func TestMemoryDeliveryAndHooks(t *testing.T) {
 	if err != nil || pos.Seq != 1 {
 		t.Fatalf("subscribe: %v %v", pos, err)
 	}
-	b.SetDeliveryFilter(func(m Message) int {
-		switch m.Seq {
-		case 3:
-			return 0
-		case 4:
-			return 2
-		}
-		return 1
-	})
-	memPublishN(t, b, "r", 4) // 2, (3 dropped), 4, 4, 5
-	if got := seqs(rec.msgs); !slices.Equal(got, []uint64{2, 4, 4, 5}) {
+	memPublishN(t, b, "r", 3)
+	if got := seqs(rec.msgs); !slices.Equal(got, []uint64{2, 3, 4}) {
 		t.Fatalf("delivered %v", got)
-	}
-	b.SetDeliveryFilter(nil)
-	b.SetUnavailable(true)
-	if _, err := b.Publish(context.Background(), Message{Room: "r"}); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("publish while unavailable: %v", err)
-	}
-	if _, err := b.History(context.Background(), "r", HistoryRequest{}); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("history while unavailable: %v", err)
-	}
-	b.SetUnavailable(false)
-	b.Resync()
-	b.SetState(errors.New("down"))
-	b.SetState(nil)
-	if rec.resyncs != 1 || len(rec.states) != 2 {
-		t.Fatalf("resyncs %d states %v", rec.resyncs, rec.states)
 	}
 	if err := b.Unsubscribe(context.Background(), "r"); err != nil {
 		t.Fatal(err)
 	}
 	memPublishN(t, b, "r", 1)
 	st := b.Stats()
-	if len(rec.msgs) != 4 || st.Publishes != 6 || st.Deliveries != 4 || st.Subscribed != 0 || st.Kind != "memory" {
+	if len(rec.msgs) != 3 || st.Publishes != 5 || st.Deliveries != 3 || st.Subscribed != 0 || st.Kind != "memory" {
 		t.Fatalf("after unsubscribe: %d msgs, stats %+v", len(rec.msgs), st)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(context.Background(), Message{Room: "r"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("publish after close: %v", err)
+	}
+}
+
+// memClock is a settable clock for MemoryConfig.Now.
+type memClock struct {
+	mu  sync.Mutex // guards now
+	now time.Time
+}
+
+func newMemClock() *memClock { return &memClock{now: time.Unix(1000, 0)} }
+
+func (c *memClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *memClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func TestMemoryIdempotencyWindow(t *testing.T) {
+	clk := newMemClock()
+	b := NewMemory(MemoryConfig{IdempotencyWindow: time.Minute, Now: clk.Now})
+	ctx := context.Background()
+	m := Message{Room: "r", From: "ann", Text: "x", ID: "k"}
+	first, err := b.Publish(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(59 * time.Second)
+	if p, _ := b.Publish(ctx, m); p != (Position{Seq: first.Seq, Epoch: first.Epoch, Repeat: true}) {
+		t.Fatalf("retry within the window: %+v", p)
+	}
+	clk.Advance(2 * time.Second)
+	if p, _ := b.Publish(ctx, m); p.Repeat || p.Seq != 2 {
+		t.Fatalf("retry after the window: %+v, want a new publish", p)
+	}
+	// Records expire: 1,000 keyed sends, then the window passes; the next
+	// publish leaves only its own record.
+	for i := range 1000 {
+		if _, err := b.Publish(ctx, Message{Room: "r", From: "ann", ID: fmt.Sprint("id", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Advance(2 * time.Minute)
+	if _, err := b.Publish(ctx, Message{Room: "r", From: "ann", ID: "last"}); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	n, q := len(b.rooms["r"].idem), len(b.rooms["r"].idemQ)
+	b.mu.Unlock()
+	if n != 1 || q != 1 {
+		t.Fatalf("idempotency records after the window: map %d queue %d, want 1", n, q)
+	}
+}
+
+func TestMemoryHistoryMaxBytes(t *testing.T) {
+	text := strings.Repeat("<", 1000)
+	size := memSize(Message{From: "ann", Text: text})
+	b := NewMemory(MemoryConfig{HistoryMaxBytes: 5 * size})
+	ctx := context.Background()
+	for range 8 {
+		if _, err := b.Publish(ctx, Message{Room: "r", From: "ann", Text: text}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hr, _ := b.History(ctx, "r", HistoryRequest{})
+	if !slices.Equal(seqs(hr.Messages), span(4, 8)) || hr.Earliest != 4 {
+		t.Fatalf("kept %v earliest %d, want 4..8", seqs(hr.Messages), hr.Earliest)
+	}
+	// One message larger than the cap is still kept, alone.
+	big := strings.Repeat("x", 10*size)
+	p, err := b.Publish(ctx, Message{Room: "r", From: "ann", Text: big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr, _ = b.History(ctx, "r", HistoryRequest{})
+	if len(hr.Messages) != 1 || hr.Messages[0].Seq != p.Seq || hr.Earliest != p.Seq {
+		t.Fatalf("after a large message: %v", seqs(hr.Messages))
+	}
+}
+
+// TestMemoryBounded: churn leaves nothing behind — reads of unknown rooms
+// create nothing, rooms that never had a message go with their last
+// subscriber, presence of empty rooms is dropped, idle rooms are forgotten.
+func TestMemoryBounded(t *testing.T) {
+	clk := newMemClock()
+	b := NewMemory(MemoryConfig{HistoryTTL: time.Hour, Now: clk.Now})
+	ctx := context.Background()
+	for i := range 1000 {
+		room := fmt.Sprint("room-", i%20)
+		if _, err := b.History(ctx, fmt.Sprint("never-", i), HistoryRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Subscribe(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+		m := Member{Session: fmt.Sprint("s", i), Name: "x", Node: "n1"}
+		if err := b.AddPresence(ctx, room, m); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if _, err := b.Publish(ctx, Message{Room: room, ID: fmt.Sprint(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.RemovePresence(ctx, room, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Unsubscribe(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.mu.Lock()
+	rooms, pres := len(b.rooms), len(b.presence)
+	b.mu.Unlock()
+	if rooms != 10 || pres != 0 {
+		t.Fatalf("after churn: %d rooms (want the 10 with history), %d presence sets", rooms, pres)
+	}
+	clk.Advance(2 * time.Hour)
+	if _, err := b.History(ctx, "any", HistoryRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	rooms = len(b.rooms)
+	b.mu.Unlock()
+	if rooms != 0 {
+		t.Fatalf("after the TTL: %d rooms kept", rooms)
 	}
 }
 

@@ -436,15 +436,16 @@ func cmpString(a, b string) int {
 }
 
 func TestMemoryBrokerContract(t *testing.T) {
-	var brokers sync.Map
+	var clocks sync.Map // test name -> *memClock of its broker
 	brokerContract(t, func(t *testing.T, nodeID string, h Handler) Broker {
-		b := NewMemory(MemoryConfig{HistorySize: rdsContractHistory})
+		clk := newMemClock()
+		b := NewMemory(MemoryConfig{HistorySize: rdsContractHistory, Now: clk.Now})
 		b.SetHandler(h)
-		brokers.Store(t.Name(), b)
+		clocks.Store(t.Name(), clk)
 		t.Cleanup(func() { _ = b.Close() })
 		return b
 	}, func(t *testing.T, room string) {
-		b, _ := brokers.Load(t.Name())
-		b.(*Memory).ForgetRoom(room)
+		clk, _ := clocks.Load(t.Name())
+		clk.(*memClock).Advance(DefaultHistoryTTL + time.Second)
 	})
 }

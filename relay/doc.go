@@ -1,7 +1,9 @@
 // Package relay is the bus side of a Parley node: the Broker contract
 // (broker.go), its implementations (the in-process memory broker in
 // broker_memory.go, the Redis broker in broker_redis*.go) and the relay actor
-// (relay.go) that sits between room actors and the Broker.
+// (relay.go) that sits between room actors and the Broker. Fault injection
+// for tests lives in package relaytest, a wrapper around any Broker; the
+// brokers themselves have no test hooks.
 //
 // # Ownership
 //
