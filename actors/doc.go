@@ -66,6 +66,14 @@
 //     of a connection with sends queued or in flight (leave, join, flush,
 //     history, presence) waits behind them in the room's queue, so left
 //     comes after the acks of the sends before the leave.
+//   - The room remembers (epoch, last seq delivered) and passes it as known
+//     to Broker.PublishBatch, so a bus that lost writes starts a new epoch
+//     instead of reusing seqs. A position check (history read for a gap,
+//     resync or the periodic check; replays and client history reads only
+//     trigger one) that finds the bus below the seq the room had delivered
+//     when the read began, in the same epoch, or holding no epoch at all,
+//     calls Broker.Rollover; members then get the same reset as after a
+//     lost history: joined{recovered:false}, then the new epoch's messages.
 //   - joined goes out only after the relay confirmed the subscription. With
 //     since: joined, then the replay (seq in (since, last]) from history,
 //     then the live frames buffered meanwhile, with no gap and no duplicate.

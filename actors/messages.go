@@ -114,5 +114,11 @@ type (
 		frame []byte
 		pos   relay.Position
 	}
+	// rolledOver: the answer of Broker.Rollover after a position check
+	// found the bus behind the room.
+	rolledOver struct {
+		pos relay.Position
+		err error
+	}
 	checkTick struct{}
 )

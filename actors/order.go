@@ -153,6 +153,29 @@ func (s *sequencer) check() bool {
 // next check.
 func (s *sequencer) fetchFailed() { s.fetching = false }
 
+// rolledBack reports whether the history read in flight found the bus
+// behind what the room had delivered when the read began: no epoch at all
+// (the bus lost the room), or the same epoch with a lower seq (a failover
+// lost writes). A read made stale by a reset meanwhile proves nothing.
+func (s *sequencer) rolledBack(pos relay.Position) bool {
+	if !s.live || s.fetchEpoch != s.epoch {
+		return false
+	}
+	return pos.Epoch == "" || pos.Epoch == s.fetchEpoch && pos.Seq < s.fetchSince
+}
+
+// rolledOver applies the bus's answer to a rollover (its position after
+// starting a new epoch, if it had to): the room resets to that epoch, and
+// the caller must read history from its start (fetch is always true; the
+// read stays in flight).
+func (s *sequencer) rolledOver(room string, pos relay.Position, out []step) (_ []step, fetch bool) {
+	if s.fetchEpoch == s.epoch && pos.Epoch != s.epoch {
+		out = s.reset(room, pos.Epoch, out)
+	}
+	s.startFetch()
+	return out, true
+}
+
 // applyHistory applies a history read of seq > s.last. truncated says the
 // read hit its limit (more may follow). fetch reports that another read is
 // needed.

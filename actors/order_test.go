@@ -131,3 +131,45 @@ func TestSequencerCheck(t *testing.T) {
 		t.Fatal("check after failure")
 	}
 }
+
+func TestSequencerRolledBack(t *testing.T) {
+	tests := []struct {
+		name string
+		pos  relay.Position
+		want bool
+	}{
+		{"same position", relay.Position{Seq: 7, Epoch: "e"}, false},
+		{"ahead", relay.Position{Seq: 9, Epoch: "e"}, false},
+		{"behind in the same epoch", relay.Position{Seq: 6, Epoch: "e"}, true},
+		{"no epoch: the bus lost the room", relay.Position{}, true},
+		{"another epoch: an ordinary reset", relay.Position{Seq: 1, Epoch: "f"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s sequencer
+			s.start(relay.Position{Seq: 7, Epoch: "e"}, nil)
+			if !s.check() {
+				t.Fatal("check refused")
+			}
+			if got := s.rolledBack(tt.pos); got != tt.want {
+				t.Fatalf("rolledBack(%+v) = %v", tt.pos, got)
+			}
+		})
+	}
+	// A read made stale by a reset proves nothing.
+	var s sequencer
+	s.start(relay.Position{Seq: 7, Epoch: "e"}, nil)
+	s.check()
+	s.offer(relay.Message{Room: "r", Seq: 1, Epoch: "f"}, nil)
+	if s.rolledBack(relay.Position{}) {
+		t.Fatal("stale read taken as a rollback")
+	}
+	// The rollover resets to the bus's new epoch and reads it from its start.
+	s = sequencer{}
+	s.start(relay.Position{Seq: 7, Epoch: "e"}, nil)
+	s.check()
+	out, fetch := s.rolledOver("r", relay.Position{Seq: 0, Epoch: "g"}, nil)
+	if !fetch || len(out) != 1 || out[0].kind != stepReset || out[0].msg.Epoch != "g" || s.fetchSince != 0 {
+		t.Fatalf("rolledOver: %+v fetch %v since %d", out, fetch, s.fetchSince)
+	}
+}

@@ -89,6 +89,9 @@ func (r *room) Receive(ctx actor.Context) {
 		r.checkEmpty(ctx)
 	case *queryRead:
 		r.queries--
+		if msg.op.kind == opHistory {
+			r.suspect(ctx, msg.pos, nil)
+		}
 		ctx.Send(msg.op.conn, &queryDone{frame: msg.frame})
 		r.checkEmpty(ctx)
 	case *fetchDone:
@@ -97,13 +100,32 @@ func (r *room) Receive(ctx actor.Context) {
 			r.seq.fetchFailed()
 			return
 		}
+		if r.seq.rolledBack(msg.res.Position) {
+			r.rollover(ctx)
+			return
+		}
 		var fetch bool
 		r.steps, fetch = r.seq.applyHistory(msg.res, msg.truncated, r.steps[:0])
 		r.apply(ctx)
 		if fetch {
 			r.fetch(ctx)
 		}
+	case *rolledOver:
+		if msg.err != nil {
+			r.s.log.Warn("room: rollover failed", "room", r.name, "err", msg.err)
+			r.seq.fetchFailed()
+			return
+		}
+		r.s.count.rollovers.Add(1)
+		r.s.log.Warn("room: the bus went back in time: new epoch", "room", r.name, "epoch", msg.pos.Epoch)
+		var fetch bool
+		r.steps, fetch = r.seq.rolledOver(r.name, msg.pos, r.steps[:0])
+		r.apply(ctx)
+		if fetch {
+			r.fetch(ctx)
+		}
 	case *replayDone:
+		r.suspect(ctx, msg.res.Position, msg.err)
 		r.replayed(ctx, msg)
 	case *relay.PresenceDelivery:
 		r.presenceEvent(ctx, msg.Event)
@@ -467,6 +489,33 @@ func (r *room) fanout(ctx actor.Context, msg relay.Message) {
 	}
 }
 
+// suspect starts a position check when a history read made for another
+// reason (a replay, a client's history request) shows the bus behind the
+// room; the check decides (sequencer.rolledBack).
+func (r *room) suspect(ctx actor.Context, pos relay.Position, err error) {
+	if err != nil || !r.seq.live || pos.Epoch != "" && (pos.Epoch != r.seq.epoch || pos.Seq >= r.seq.last) {
+		return
+	}
+	if r.seq.check() {
+		r.s.count.checks.Add(1)
+		r.fetch(ctx)
+	}
+}
+
+// rollover asks the bus to start a new epoch if it holds the room behind
+// the position the read in flight began at (Broker.Rollover, which checks
+// again atomically); the answer comes back as rolledOver.
+func (r *room) rollover(ctx actor.Context) {
+	known := relay.Position{Seq: r.seq.fetchSince, Epoch: r.seq.fetchEpoch}
+	b, room, self, root := r.s.cfg.Broker, r.name, ctx.Self(), r.s.root
+	r.s.goTask(func() {
+		cctx, cancel := r.s.brokerCtx()
+		defer cancel()
+		pos, err := b.Rollover(cctx, room, known)
+		root.Send(self, &rolledOver{pos: pos, err: err})
+	})
+}
+
 // fetch reads history after the last delivered seq (gap, resync or check).
 func (r *room) fetch(ctx actor.Context) {
 	since, limit := r.seq.fetchSince, 0
@@ -568,7 +617,7 @@ func (r *room) published(ctx actor.Context, d *publishDone) {
 			continue
 		}
 		if !op.plain {
-			_ = op.out.send(frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq}))
+			_ = op.out.send(frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq, Repeat: res.pos.Repeat}))
 		}
 	}
 	r.runQueue(ctx)

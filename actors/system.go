@@ -89,11 +89,12 @@ type Stats struct {
 	Resets     uint64 `json:"resets"`     // resync notices (epoch change or history lost)
 	SlowKicks  uint64 `json:"slow_kicks"` // members closed with 4008
 	PubErrors  uint64 `json:"pub_errors"` // sends answered with "unavailable"
+	Rollovers  uint64 `json:"rollovers"`  // new epochs started because the bus went back in time
 }
 
 // counters are the room counters behind Stats; rooms add to them.
 type counters struct {
-	deliveries, gapFills, checks, resets, slowKicks, pubErrors atomic.Uint64
+	deliveries, gapFills, checks, resets, slowKicks, pubErrors, rollovers atomic.Uint64
 }
 
 // System is one node's actor system: the relay actor, the directory with
@@ -315,7 +316,8 @@ func (s *System) Stats() Stats {
 	c := &s.count
 	return Stats{Connections: n, Rooms: int(s.rooms.Load()), Broker: s.cfg.Broker.Stats(),
 		Deliveries: c.deliveries.Load(), GapFills: c.gapFills.Load(), Checks: c.checks.Load(),
-		Resets: c.resets.Load(), SlowKicks: c.slowKicks.Load(), PubErrors: c.pubErrors.Load()}
+		Resets: c.resets.Load(), SlowKicks: c.slowKicks.Load(), PubErrors: c.pubErrors.Load(),
+		Rollovers: c.rollovers.Load()}
 }
 
 // Shutdown stops all actors (connections first, then rooms, then the
