@@ -16,6 +16,7 @@ const (
 	closeUnsupported ws.StatusCode = ws.StatusUnsupportedData // 1003
 	closeGoingAway   ws.StatusCode = ws.StatusGoingAway       // 1001
 	closeInternal    ws.StatusCode = ws.StatusInternalServerError
+	closePolicy      ws.StatusCode = ws.StatusPolicyViolation // 1008: auth refused or timed out
 )
 
 // conn is the connection actor: one per socket. It alone touches its
@@ -36,6 +37,8 @@ type conn struct {
 	readStopped bool
 	flushes     int // opFlush sent to rooms and not yet answered
 	drainReason string
+
+	auth connAuth // token auth (auth.go)
 }
 
 // Receive is the connection actor's message loop.
@@ -64,12 +67,21 @@ func (c *conn) Receive(ctx actor.Context) {
 	case *connInit:
 		c.s, c.sess, c.name, c.plain = msg.sess.sys, msg.sess, msg.name, msg.plain
 		c.out = c.s.outbox(msg.t)
-		if c.plain {
-			c.rooms = []string{LobbyRoom}
-			c.toRoom(ctx, &roomOp{kind: opJoin, room: LobbyRoom, name: c.name, session: c.sess.id, plain: true})
+		if msg.needAuth {
+			c.awaitAuth(ctx)
 			return
 		}
-		c.reply(ctx, protocol.Welcome{Type: protocol.TypeWelcome, Node: c.s.cfg.NodeID, Session: c.sess.id, Name: c.name})
+		if msg.id != nil {
+			c.authenticated(ctx, msg.id)
+		}
+		if c.plain {
+			c.rooms = []string{LobbyRoom}
+			c.toRoom(ctx, &roomOp{kind: opJoin, room: LobbyRoom, name: c.name, user: c.auth.user(), session: c.sess.id, plain: true})
+			return
+		}
+		c.welcome(ctx)
+	case *authTimer:
+		c.authTimer(ctx, msg)
 	case *drain:
 		if c.closing || c.sess == nil || c.draining {
 			return
@@ -97,6 +109,7 @@ func (c *conn) Receive(ctx actor.Context) {
 		if c.sess == nil {
 			return
 		}
+		c.auth.stop()
 		c.sess.done.Store(true)
 		for _, r := range c.rooms {
 			c.toRoom(ctx, &roomOp{kind: opQuit, room: r})
@@ -201,6 +214,10 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 		return
 	}
 	f, err := protocol.Decode(in.payload)
+	if c.auth.waiting && (err != nil || f.Type != protocol.TypeAuth) {
+		c.close(ctx, closePolicy, `authenticate first: {"type":"auth","token":…}`)
+		return
+	}
 	if err != nil {
 		var pe *protocol.Error
 		if !errors.As(err, &pe) {
@@ -212,7 +229,13 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 	switch f.Type {
 	case protocol.TypePing:
 		c.reply(ctx, protocol.Pong{Type: protocol.TypePong})
+	case protocol.TypeAuth:
+		c.authFrame(ctx, f.Token)
 	case protocol.TypeJoin:
+		if id := c.auth.id; id != nil && !id.MayJoin(f.Room) {
+			c.replyErr(ctx, protocol.Errorf(protocol.CodeForbidden, f.ID, "your token does not allow room %q", f.Room))
+			return
+		}
 		if c.draining {
 			// A join on a node that is going away would be undone at once.
 			c.replyErr(ctx, protocol.Errorf(protocol.CodeDraining, f.ID, "node is draining: join on the node you reconnect to"))
@@ -225,7 +248,7 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 			}
 			c.rooms = append(c.rooms, f.Room)
 		}
-		c.toRoom(ctx, &roomOp{kind: opJoin, room: f.Room, id: f.ID, name: c.name, session: c.sess.id,
+		c.toRoom(ctx, &roomOp{kind: opJoin, room: f.Room, id: f.ID, name: c.name, user: c.auth.user(), session: c.sess.id,
 			since: f.Since, epoch: f.Epoch})
 	default:
 		if !c.joined(f.Room) {

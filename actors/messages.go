@@ -6,16 +6,19 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/gobwas/ws"
 
+	"parley/auth"
 	"parley/relay"
 )
 
 // Messages to the connection actor.
 type (
 	connInit struct {
-		t     Transport
-		sess  *Session
-		name  string
-		plain bool
+		t        Transport
+		sess     *Session
+		name     string
+		plain    bool
+		id       *auth.Identity // authenticated on the upgrade (nil: not)
+		needAuth bool           // the first frame must be auth
 	}
 	inbound struct {
 		op      ws.OpCode
@@ -66,6 +69,7 @@ type roomOp struct {
 	out     outbox // the connection's socket: the room replies on it directly
 	id      string
 	name    string // join (send: filled in by the room)
+	user    string // join: the authenticated user id (send: filled in by the room)
 	session string // join
 	plain   bool   // join (send: filled in by the room)
 	since   *uint64

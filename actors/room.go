@@ -25,6 +25,7 @@ type member struct {
 	pid       *actor.PID
 	out       outbox // the member's socket: fan-out queues frames on it directly
 	name      string
+	user      string // authenticated user id ("" without token auth)
 	session   string
 	plain     bool
 	replaying bool        // a since-join's history read is in flight
@@ -333,7 +334,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 	if ok {
 		m = r.members[i]
 	} else {
-		m = &member{pid: op.conn, out: op.out, name: op.name, session: op.session, plain: op.plain}
+		m = &member{pid: op.conn, out: op.out, name: op.name, user: op.user, session: op.session, plain: op.plain}
 		r.index[op.conn.Id] = len(r.members)
 		r.members = append(r.members, m)
 		if m.plain {
@@ -550,7 +551,7 @@ func (r *room) runQueue(ctx actor.Context) {
 				_ = op.out.send(errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
 				continue
 			}
-			op.name, op.plain = r.members[i].name, r.members[i].plain
+			op.name, op.user, op.plain = r.members[i].name, r.members[i].user, r.members[i].plain
 			batch = append(batch, op)
 		}
 		if len(batch) > 0 {
@@ -578,7 +579,7 @@ func (r *room) publish(ctx actor.Context, batch []*roomOp) {
 		msgs := make([]relay.Message, len(batch))
 		now := time.Now().UnixMilli()
 		for i, op := range batch {
-			msgs[i] = relay.Message{Room: room, From: op.name, Node: node, Text: op.text, ID: op.id, TS: now}
+			msgs[i] = relay.Message{Room: room, From: op.name, User: op.user, Node: node, Text: op.text, ID: op.id, TS: now}
 		}
 		root.Send(self, &publishDone{batch: batch, results: publishAll(b, r.s.brokerCtx, room, known, msgs)})
 	})
@@ -724,7 +725,7 @@ func historyFrame(room string, res relay.HistoryResult, maxBytes int) []byte {
 	size, from := 0, len(msgs)
 	for from > 0 {
 		m := msgs[from-1]
-		n := len(protocol.Encode(protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS})) + 1
+		n := len(protocol.Encode(protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, User: m.User, Text: m.Text, ID: m.ID, TS: m.TS})) + 1
 		if size+n > maxBytes && from < len(msgs) {
 			break
 		}
@@ -734,7 +735,7 @@ func historyFrame(room string, res relay.HistoryResult, maxBytes int) []byte {
 	msgs = msgs[from:]
 	out := protocol.History{Type: protocol.TypeHistory, Room: room, Messages: make([]protocol.Message, len(msgs))}
 	for i, m := range msgs {
-		out.Messages[i] = protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, Text: m.Text, ID: m.ID, TS: m.TS}
+		out.Messages[i] = protocol.Message{Room: m.Room, Seq: m.Seq, Epoch: m.Epoch, From: m.From, User: m.User, Text: m.Text, ID: m.ID, TS: m.TS}
 	}
 	out.More = len(msgs) > 0 && res.Earliest != 0 && msgs[0].Seq > res.Earliest
 	return frameOf(out)
@@ -778,5 +779,5 @@ func errFrame(e *protocol.Error) []byte { return frameOf(e.Frame()) }
 // messageFrame encodes m as a message frame.
 func messageFrame(m relay.Message) []byte {
 	return frameOf(protocol.Message{Type: protocol.TypeMessage, Room: m.Room, Seq: m.Seq, Epoch: m.Epoch,
-		From: m.From, Text: m.Text, ID: m.ID, TS: m.TS})
+		From: m.From, User: m.User, Text: m.Text, ID: m.ID, TS: m.TS})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/gobwas/ws"
 
+	"parley/auth"
 	"parley/relay"
 )
 
@@ -27,6 +28,7 @@ const (
 	DefaultCheckInterval   = 5 * time.Second
 	DefaultPublishBatch    = 256
 	DefaultHistoryBytes    = 256 << 10
+	DefaultAuthTimeout     = 10 * time.Second
 )
 
 // LobbyRoom is the room plain (seed mode) connections join.
@@ -51,13 +53,24 @@ type Config struct {
 	// PublishBatch caps the messages a room hands to the broker in one
 	// batch (0: 256). One batch per room is in flight at a time.
 	PublishBatch int
+	// Auth verifies the tokens of auth frames (nil: token auth off; see
+	// ConnInfo.NeedAuth). AuthTimeout closes (1008) a connection that has
+	// not authenticated this long after connecting (0: 10s).
+	Auth        *auth.Verifier
+	AuthTimeout time.Duration
 }
 
 // ConnInfo describes an upgraded socket.
 type ConnInfo struct {
 	Name   string // display name, already validated by the node ("" : guest-N)
 	Plain  bool   // seed mode (upgrade at /): raw text in the lobby
-	Remote string // peer address, for logs
+	Remote string // the client's address, for logs
+	// Identity is the user a ?token= on the upgrade authenticated (nil:
+	// none). Its Name is the display name; Name is ignored.
+	Identity *auth.Identity
+	// NeedAuth: auth is on and the client has not authenticated yet; its
+	// first frame must be {"type":"auth","token":…} (see Config.Auth).
+	NeedAuth bool
 }
 
 // Transport is the actors' view of a socket; *netpoll.Conn implements it.
@@ -145,7 +158,7 @@ func New(cfg Config) (*System, error) {
 		return nil, errors.New("actors: Broker is required")
 	}
 	if cfg.MaxRoomsPerConn < 0 || cfg.HistoryLimit < 0 || cfg.BrokerTimeout < 0 ||
-		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 || cfg.HistoryBytes < 0 {
+		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 || cfg.HistoryBytes < 0 || cfg.AuthTimeout < 0 {
 		return nil, errors.New("actors: limits must not be negative")
 	}
 	if cfg.MaxRoomsPerConn == 0 {
@@ -165,6 +178,9 @@ func New(cfg Config) (*System, error) {
 	}
 	if cfg.HistoryBytes == 0 {
 		cfg.HistoryBytes = DefaultHistoryBytes
+	}
+	if cfg.AuthTimeout == 0 {
+		cfg.AuthTimeout = DefaultAuthTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -213,6 +229,9 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 	if t == nil {
 		return nil, errors.New("actors: connect: nil transport")
 	}
+	if info.NeedAuth && s.cfg.Auth == nil {
+		return nil, errors.New("actors: connect: NeedAuth without Config.Auth")
+	}
 	if s.closing.Load() {
 		return nil, errors.New("actors: connect: system is shutting down")
 	}
@@ -226,7 +245,7 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 	s.mu.Lock()
 	s.conns[sess] = struct{}{}
 	s.mu.Unlock()
-	s.root.Send(sess.pid, &connInit{t: t, sess: sess, name: name, plain: info.Plain})
+	s.root.Send(sess.pid, &connInit{t: t, sess: sess, name: name, plain: info.Plain, id: info.Identity, needAuth: info.NeedAuth})
 	return sess, nil
 }
 

@@ -57,10 +57,11 @@ type client struct {
 
 // event is one thing the client observed: a text frame, or the close.
 type event struct {
-	text      string
-	closed    bool
-	closeCode ws.StatusCode
-	err       error
+	text        string
+	closed      bool
+	closeCode   ws.StatusCode
+	closeReason string
+	err         error
 }
 
 // dial connects a client to path on node n.
@@ -118,7 +119,11 @@ func (c *client) readLoop(r io.Reader) {
 			// Answer like a browser: echo the close, then hang up.
 			c.conn.Write(frame(0x88, payload[:min(len(payload), 2)]))
 			c.conn.Close()
-			c.events <- event{closed: true, closeCode: code}
+			var reason string
+			if len(payload) > 2 {
+				reason = string(payload[2:])
+			}
+			c.events <- event{closed: true, closeCode: code, closeReason: reason}
 			return
 		}
 	}

@@ -1,7 +1,9 @@
 package node
 
 import (
+	"context"
 	"net"
+	"net/netip"
 	"sync"
 )
 
@@ -48,10 +50,41 @@ func (l *chanListener) push(c net.Conn) {
 }
 
 // replayConn is a net.Conn whose first reads return bytes already read from
-// the socket (the request head the accept path peeked at).
+// the socket (the request head the accept path peeked at). It carries what
+// the accept path learnt about the peer (the http.Server puts it in each
+// request's context: peerInfoKey), and reports the client's address as its
+// remote address.
 type replayConn struct {
 	net.Conn
-	buf []byte
+	buf  []byte
+	peer peerInfo
+}
+
+// peerInfo is who is at the other end of an accepted connection.
+type peerInfo struct {
+	peer    netip.Addr // the TCP peer
+	proxied netip.Addr // the client its trusted PROXY header named (or invalid)
+}
+
+// peerInfoKey is the request context key of a peerInfo.
+type peerInfoKey struct{}
+
+// RemoteAddr is the client's address as the PROXY header gave it, else the
+// TCP peer's.
+func (c *replayConn) RemoteAddr() net.Addr {
+	if c.peer.proxied.IsValid() {
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(c.peer.proxied, 0))
+	}
+	return c.Conn.RemoteAddr()
+}
+
+// connContext is the public http.Server's ConnContext: it puts the accept
+// path's peerInfo into every request's context.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if rc, ok := c.(*replayConn); ok {
+		return context.WithValue(ctx, peerInfoKey{}, rc.peer)
+	}
+	return ctx
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {

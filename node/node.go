@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"parley/actors"
+	"parley/auth"
 	"parley/netpoll"
 	"parley/protocol"
 	"parley/relay"
@@ -91,6 +94,44 @@ type Config struct {
 	// drain; each client gets a value in [d, 2d) (default 1s).
 	ReconnectAfter time.Duration
 
+	// AllowedOrigins are the web origins ("https://chat.example.com") whose
+	// pages may open WebSockets here; a browser upgrade from any other
+	// origin gets 403. Empty means same-origin: the Origin's host must be
+	// the request's Host. "*" allows every origin and needs Auth.
+	AllowedOrigins []string
+	// RequireOrigin refuses upgrades without an Origin header (non-browser
+	// clients) with 403.
+	RequireOrigin bool
+	// Auth, when set, makes every connection authenticate with a token:
+	// ?token= on the upgrade, or an auth frame first on /ws. Names then
+	// come from the token (nil: no auth, clients pick their names).
+	Auth *auth.Verifier
+	// AuthTimeout closes (1008) a /ws connection that has not sent a valid
+	// auth frame this long after the upgrade (default 10s; with Auth only).
+	AuthTimeout time.Duration
+	// MaxConns caps the node's WebSocket connections; more get 503 at the
+	// upgrade (0: the open-file limit less 512 for everything else; < 0:
+	// no cap).
+	MaxConns int
+	// MaxConnsPerAddr caps the connections from one client address (one
+	// IPv6 /64); more get 429 (0: 256; < 0: no cap).
+	MaxConnsPerAddr int
+	// TrustedProxies are the peers (CIDRs) whose PROXY protocol header
+	// (v1 or v2) and X-Forwarded-For say who the client is. A PROXY header
+	// from any other peer is refused (the connection is closed).
+	TrustedProxies []netip.Prefix
+	// HTTPReadTimeout bounds reading a whole non-upgrade request, body
+	// included (default 10s); HTTPIdleTimeout closes an idle keep-alive
+	// connection (default 60s). Both apply to the public and admin servers.
+	HTTPReadTimeout time.Duration
+	HTTPIdleTimeout time.Duration
+	// MaxBodyBytes caps a request body on the public and admin servers;
+	// larger gets 413 (default 64 KiB).
+	MaxBodyBytes int64
+	// AdminAllowRemote lets the admin listener bind a non-loopback address
+	// (pprof and stats are for operators only; default: refuse to start).
+	AdminAllowRemote bool
+
 	// Logger receives the node's structured logs (nil: discard).
 	Logger *slog.Logger
 }
@@ -120,10 +161,31 @@ func (c *Config) setDefaults() {
 	if c.ReconnectAfter == 0 {
 		c.ReconnectAfter = time.Second
 	}
+	if c.AuthTimeout == 0 {
+		c.AuthTimeout = 10 * time.Second
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = defaultMaxConns()
+	}
+	if c.MaxConnsPerAddr == 0 {
+		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	if c.HTTPReadTimeout == 0 {
+		c.HTTPReadTimeout = 10 * time.Second
+	}
+	if c.HTTPIdleTimeout == 0 {
+		c.HTTPIdleTimeout = 60 * time.Second
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 64 << 10
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 }
+
+// DefaultMaxConnsPerAddr is MaxConnsPerAddr's default.
+const DefaultMaxConnsPerAddr = 256
 
 // Node is one Parley node: an HTTP listener that upgrades WebSockets and
 // hands them to the epoll loop (netpoll) and the actors, plus an admin
@@ -158,6 +220,15 @@ type Node struct {
 	hsClosed   bool // Shutdown began: no new handshake is tracked
 	hsWG       sync.WaitGroup
 
+	// Admission (admission.go): the origins allowed, and the connection
+	// counts under connMu (admit takes a slot, the connection's end gives
+	// it back).
+	origins   []string
+	anyOrigin bool
+	connMu    sync.Mutex
+	connCount int
+	perAddr   map[netip.Addr]int
+
 	// unready turns /readyz to 503 (the first step of a drain); draining
 	// refuses upgrades (after the drain delay).
 	unready  atomic.Bool
@@ -173,8 +244,12 @@ func New(cfg Config) (*Node, error) {
 	if err := protocol.CheckName(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("node: node id %q: %w", cfg.NodeID, err)
 	}
-	if cfg.HandshakeTimeout < 0 || cfg.ShutdownGrace < 0 || cfg.MaxHeaderBytes < 0 || cfg.DrainDelay < 0 || cfg.DrainBatch < 0 {
+	if cfg.HandshakeTimeout < 0 || cfg.ShutdownGrace < 0 || cfg.MaxHeaderBytes < 0 || cfg.DrainDelay < 0 || cfg.DrainBatch < 0 ||
+		cfg.AuthTimeout < 0 || cfg.HTTPReadTimeout < 0 || cfg.HTTPIdleTimeout < 0 || cfg.MaxBodyBytes < 0 {
 		return nil, errors.New("node: timeouts and limits must not be negative")
+	}
+	if cfg.MaxHeaderBytes > maxHeaderBytes {
+		return nil, fmt.Errorf("node: max header bytes %d over %d", cfg.MaxHeaderBytes, maxHeaderBytes)
 	}
 	queueBytes := cfg.MaxQueueBytes
 	if queueBytes <= 0 {
@@ -191,11 +266,21 @@ func New(cfg Config) (*Node, error) {
 	if cfg.DrainDelay >= cfg.ShutdownGrace {
 		return nil, fmt.Errorf("node: drain delay %s must be shorter than the shutdown grace %s", cfg.DrainDelay, cfg.ShutdownGrace)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), broker: cfg.Broker}
+	origins, anyOrigin, err := parseOrigins(cfg.AllowedOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	if anyOrigin && cfg.Auth == nil {
+		return nil, errors.New("node: allowed origins \"*\" needs token auth: without it any web page could use its visitors' connections")
+	}
+	if err := checkAdminAddr(cfg.Admin, cfg.AdminAllowRemote); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), broker: cfg.Broker,
+		origins: origins, anyOrigin: anyOrigin, perAddr: make(map[netip.Addr]int)}
 	if n.broker == nil {
 		n.broker = relay.NewMemory(relay.MemoryConfig{})
 	}
-	var err error
 	n.poller, err = netpoll.New(netpoll.Config{
 		Workers:        cfg.Workers,
 		Flushers:       cfg.Flushers,
@@ -217,6 +302,8 @@ func New(cfg Config) (*Node, error) {
 		MaxRoomsPerConn: cfg.MaxRoomsPerConn,
 		HistoryLimit:    cfg.HistoryLimit,
 		HistoryBytes:    cfg.HistoryBytes,
+		Auth:            cfg.Auth,
+		AuthTimeout:     cfg.AuthTimeout,
 	})
 	if err != nil {
 		n.poller.Close()
@@ -239,21 +326,36 @@ func (n *Node) Start() error {
 	n.pub = &http.Server{
 		Handler:           n.publicMux(),
 		ReadHeaderTimeout: n.cfg.HandshakeTimeout,
+		ReadTimeout:       n.cfg.HTTPReadTimeout,
+		IdleTimeout:       n.cfg.HTTPIdleTimeout,
 		MaxHeaderBytes:    n.cfg.MaxHeaderBytes,
-		IdleTimeout:       60 * time.Second,
+		ConnContext:       connContext,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
+	// One request per connection: each then passes the accept path, whose
+	// header cap is exact (net/http's allows 4 KiB more) and whose PROXY
+	// and admission rules apply. The page is a handful of requests.
+	n.pub.SetKeepAlivesEnabled(false)
 	if n.cfg.Admin != "-" {
 		n.adminLn, err = net.Listen("tcp", n.cfg.Admin)
 		if err != nil {
 			n.pubLn.Close()
 			return fmt.Errorf("node: listen admin %s: %w", n.cfg.Admin, err)
 		}
-		n.admin = &http.Server{Handler: n.adminMux(), ReadHeaderTimeout: 10 * time.Second}
+		// No WriteTimeout: a CPU profile or trace streams for as long as
+		// asked (?seconds=).
+		n.admin = &http.Server{
+			Handler:           n.adminMux(),
+			ReadHeaderTimeout: n.cfg.HandshakeTimeout,
+			ReadTimeout:       n.cfg.HTTPReadTimeout,
+			IdleTimeout:       n.cfg.HTTPIdleTimeout,
+			MaxHeaderBytes:    n.cfg.MaxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		}
 		n.serve(n.admin, n.adminLn)
 	}
 	n.started = time.Now()
-	n.peekSize = max(16, min(n.cfg.MaxHeaderBytes, maxPeek))
+	n.peekSize = max(16, n.cfg.MaxHeaderBytes)
 	n.hsConns = make(map[net.Conn]struct{})
 	n.acceptDone = make(chan struct{})
 	n.pubCh = newChanListener(n.pubLn.Addr())
@@ -395,24 +497,29 @@ func (n *Node) drainBatch(told map[*actors.Session]bool) int {
 }
 
 // upgrade turns an HTTP request into a registered WebSocket connection
-// with its connection actor. plain selects the seed-compatible mode.
+// with its connection actor, after admit. plain selects the seed-compatible
+// mode. This is the net/http path; upgradeFast (upgrade.go) is the other.
 func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
-	if n.draining.Load() {
-		http.Error(w, "node is draining", http.StatusServiceUnavailable)
-		return
+	pi, _ := r.Context().Value(peerInfoKey{}).(peerInfo)
+	req := &upgradeRequest{target: r.RequestURI, host: r.Host, plain: plain}
+	if o := r.Header.Values("Origin"); len(o) > 0 {
+		req.origin, req.hasOrigin = o[0], true
 	}
-	name := r.URL.Query().Get("name")
-	if name == "" {
-		name = "guest-" + randomHex(2)
-	} else if err := protocol.CheckName(name); err != nil {
-		http.Error(w, "bad name: "+err.Error(), http.StatusBadRequest)
+	req.client = n.clientAddr(pi.peer, pi.proxied, strings.Join(r.Header.Values("X-Forwarded-For"), ","))
+	a, ref := n.admit(req)
+	if ref != nil {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(ref.status())
+		_, _ = io.WriteString(w, ref.body())
 		return
 	}
 	up := ws.HTTPUpgrader{Timeout: n.cfg.HandshakeTimeout}
 	nc, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
 		// The upgrader has answered with an HTTP error status already.
-		n.log.Debug("upgrade failed", "remote", r.RemoteAddr, "err", err)
+		n.release(a.key)
+		n.log.Debug("upgrade failed", "remote", req.client.String(), "err", err)
 		return
 	}
 	// The handshake deadline must not outlive the handshake.
@@ -424,18 +531,32 @@ func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
 		p, _ := rw.Reader.Peek(k)
 		buffered = append(append([]byte(nil), p...), buffered...)
 	}
-	n.register(nc, buffered, name, plain)
+	n.register(nc, buffered, a, req)
 }
 
-// sessionHandler adapts a connection actor's session to netpoll's Handler.
-// It is one pointer wide, so storing it in the interface does not allocate.
-type sessionHandler struct{ s *actors.Session }
+// sessionHandler adapts a connection actor's session to netpoll's Handler
+// and gives the connection's admission slot back when it ends.
+type sessionHandler struct {
+	s        *actors.Session
+	n        *Node
+	key      netip.Addr
+	released atomic.Bool
+}
 
-func (h sessionHandler) HandleMessage(_ *netpoll.Conn, op ws.OpCode, p []byte) {
+func (h *sessionHandler) HandleMessage(_ *netpoll.Conn, op ws.OpCode, p []byte) {
 	h.s.HandleMessage(op, p)
 }
 
-func (h sessionHandler) HandleClose(_ *netpoll.Conn, err error) { h.s.HandleClose(err) }
+func (h *sessionHandler) HandleClose(_ *netpoll.Conn, err error) {
+	h.s.HandleClose(err)
+	h.release()
+}
+
+func (h *sessionHandler) release() {
+	if !h.released.Swap(true) {
+		h.n.release(h.key)
+	}
+}
 
 func randomHex(nbytes int) string {
 	b := make([]byte, nbytes)

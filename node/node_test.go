@@ -277,7 +277,7 @@ func TestIdleConnectionsAddNoGoroutines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short mode")
 	}
-	n := startNode(t, Config{})
+	n := startNode(t, Config{MaxConnsPerAddr: -1}) // all from 127.0.0.1
 	base := settledGoroutines(t)
 	const N = 1000
 	conns := make([]interface{ Close() error }, 0, N)

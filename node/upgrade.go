@@ -4,17 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"net/url"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
 
 	"parley/actors"
-	"parley/protocol"
 )
 
 // The public listener's accept path. Every accepted connection gets a
@@ -27,10 +26,12 @@ import (
 // bytes already read; the server's mux still has the upgrade handlers, so
 // whatever this path declines behaves exactly as before.
 
-// maxPeek bounds the pooled peek buffer; request heads larger than this (or
-// than MaxHeaderBytes) are left to net/http, which enforces MaxHeaderBytes
-// with a 431.
-const maxPeek = 16 << 10
+// maxHeaderBytes bounds Config.MaxHeaderBytes: the peek buffer is that
+// large, pooled, one per handshake in progress.
+const maxHeaderBytes = 1 << 20
+
+// errHeadTooLarge: the request head does not fit MaxHeaderBytes.
+var errHeadTooLarge = errors.New("request head larger than the header cap")
 
 // acceptLoop accepts on the public listener until it is closed.
 func (n *Node) acceptLoop() {
@@ -119,7 +120,22 @@ func (n *Node) handshake(nc net.Conn) {
 		_ = nc.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	}
 	br := n.getPeekReader(nc)
+	peer := addrOf(nc.RemoteAddr())
+	proxied, err := n.readProxy(nc, br, peer)
+	if err != nil {
+		putPeekReader(br)
+		n.log.Debug("connection refused", "remote", peer.String(), "err", err)
+		nc.Close()
+		return
+	}
 	head, plain, fast, err := n.peekHead(br)
+	if errors.Is(err, errHeadTooLarge) {
+		putPeekReader(br)
+		fmt.Fprintf(nc, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+			"Connection: close\r\n\r\nrequest head larger than %d bytes\n", n.cfg.MaxHeaderBytes)
+		nc.Close()
+		return
+	}
 	if err != nil {
 		// Timeout, EOF or reset before a full head: net/http closes such
 		// connections without an answer too.
@@ -128,13 +144,13 @@ func (n *Node) handshake(nc net.Conn) {
 		return
 	}
 	if !fast {
-		n.toHTTP(nc, br)
+		n.toHTTP(nc, br, peer, proxied)
 		return
 	}
-	name, err := n.upgradeFast(nc, br, head, plain)
+	a, req, err := n.upgradeFast(nc, br, head, plain, peer, proxied)
 	if err != nil {
 		putPeekReader(br)
-		n.log.Debug("upgrade failed", "remote", nc.RemoteAddr().String(), "err", err)
+		n.log.Debug("upgrade failed", "remote", req.client.String(), "err", err)
 		nc.Close()
 		return
 	}
@@ -146,11 +162,29 @@ func (n *Node) handshake(nc net.Conn) {
 	putPeekReader(br)
 	// The handshake deadline must not outlive the handshake.
 	_ = nc.SetDeadline(time.Time{})
-	n.register(nc, buffered, name, plain)
+	n.register(nc, buffered, a, req)
 }
 
-// toHTTP hands nc to the public http.Server with the bytes read so far.
-func (n *Node) toHTTP(nc net.Conn, br *bufio.Reader) {
+// readProxy consumes a PROXY protocol header if the peer is a trusted proxy
+// and sent one, and returns the client address it names (invalid if none).
+// A PROXY header from an untrusted peer is answered with 400 and an error:
+// it would let anyone claim any address.
+func (n *Node) readProxy(nc net.Conn, br *bufio.Reader, peer netip.Addr) (netip.Addr, error) {
+	kind, err := proxyHeaderKind(br)
+	if err != nil || kind == 0 {
+		return netip.Addr{}, err // a read error shows again in peekHead
+	}
+	if !n.trusted(peer) {
+		_, _ = io.WriteString(nc, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+			"Connection: close\r\n\r\nPROXY protocol header from a peer not in --trusted-proxies\n")
+		return netip.Addr{}, errors.New("PROXY protocol header from an untrusted peer")
+	}
+	return readProxyHeader(br, kind)
+}
+
+// toHTTP hands nc to the public http.Server with the bytes read so far and
+// what the accept path learnt about its peer.
+func (n *Node) toHTTP(nc net.Conn, br *bufio.Reader, peer, proxied netip.Addr) {
 	var replay []byte
 	if k := br.Buffered(); k > 0 {
 		p, _ := br.Peek(k)
@@ -159,13 +193,14 @@ func (n *Node) toHTTP(nc net.Conn, br *bufio.Reader) {
 	putPeekReader(br)
 	// net/http sets its own deadlines (ReadHeaderTimeout, IdleTimeout).
 	_ = nc.SetDeadline(time.Time{})
-	n.pubCh.push(&replayConn{Conn: nc, buf: replay})
+	n.pubCh.push(&replayConn{Conn: nc, buf: replay, peer: peerInfo{peer: peer, proxied: proxied}})
 }
 
 // peekHead fills br until it holds a whole request head (through the blank
 // line) and reports its length, and whether it is an upgrade this path
-// takes (fast) and for which mode. A head that does not fit the peek buffer
-// or looks unusual is not fast (net/http will judge it).
+// takes (fast) and for which mode. A head that looks unusual is not fast
+// (net/http will judge it); one that does not fit the peek buffer
+// (MaxHeaderBytes, exactly) is errHeadTooLarge.
 func (n *Node) peekHead(br *bufio.Reader) (head int, plain, fast bool, err error) {
 	scanned := 0 // bytes known to hold no blank line end
 	for {
@@ -179,7 +214,7 @@ func (n *Node) peekHead(br *bufio.Reader) (head int, plain, fast bool, err error
 			scanned = k
 		}
 		if k >= br.Size() {
-			return 0, false, false, nil // too large for us: net/http decides
+			return 0, false, false, errHeadTooLarge
 		}
 		if _, err := br.Peek(k + 1); err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 			return 0, false, false, err
@@ -277,88 +312,86 @@ func (h *headReader) Read(p []byte) (int, error) {
 func (h *headReader) Write(p []byte) (int, error) { return h.w.Write(p) }
 
 // upgradeFast runs the WebSocket handshake on the head peeked in br (head
-// bytes) and returns the client's name. On error the Upgrader has answered
-// with an HTTP error status already (draining 503, bad name 400, bad
-// handshake 400/426).
-func (n *Node) upgradeFast(nc net.Conn, br *bufio.Reader, head int, plain bool) (string, error) {
-	var name string
+// bytes) and admits it (admit). On error the Upgrader has answered with an
+// HTTP error status already (a refusal's status, or 400/426 for a bad
+// handshake) and no slot is held.
+func (n *Node) upgradeFast(nc net.Conn, br *bufio.Reader, head int, plain bool, peer, proxied netip.Addr) (admission, *upgradeRequest, error) {
+	req := &upgradeRequest{plain: plain, client: peer}
+	var xff []byte
+	var a admission
+	admitted := false
 	up := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
-			if n.draining.Load() {
-				return ws.RejectConnectionError(
-					ws.RejectionStatus(http.StatusServiceUnavailable),
-					ws.RejectionReason("node is draining\n"))
-			}
-			name = queryName(uri)
-			if name == "" {
-				name = "guest-" + randomHex(2)
-			} else if err := protocol.CheckName(name); err != nil {
-				return ws.RejectConnectionError(
-					ws.RejectionStatus(http.StatusBadRequest),
-					ws.RejectionReason("bad name: "+err.Error()+"\n"))
+			req.target = string(uri)
+			return nil
+		},
+		OnHost: func(host []byte) error {
+			req.host = string(host)
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			switch string(key) { // canonical form
+			case "Origin":
+				if !req.hasOrigin {
+					req.origin, req.hasOrigin = string(value), true
+				}
+			case "X-Forwarded-For":
+				if len(xff) > 0 {
+					xff = append(xff, ',')
+				}
+				xff = append(xff, value...)
 			}
 			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			req.client = n.clientAddr(peer, proxied, string(xff))
+			var r *refusal
+			if a, r = n.admit(req); r != nil {
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(r.status()), ws.RejectionReason(r.body()))
+			}
+			admitted = true
+			return nil, nil
 		},
 	}
 	hr := &headReader{br: br, n: head, w: nc}
 	if _, err := up.Upgrade(hr); err != nil {
-		return "", err
+		if admitted {
+			n.release(a.key) // the 101 could not be written
+		}
+		return admission{}, req, err
 	}
 	if hr.n > 0 {
 		_, _ = br.Discard(hr.n) // not expected: gobwas reads through the blank line
 	}
-	return name, nil
-}
-
-// queryName returns the first "name" query parameter of a request target,
-// as url.URL.Query().Get("name") would ("" if absent or undecodable).
-func queryName(uri []byte) string {
-	_, q, ok := bytes.Cut(uri, []byte{'?'})
-	if !ok {
-		return ""
-	}
-	if i := bytes.IndexByte(q, '#'); i >= 0 {
-		q = q[:i]
-	}
-	for len(q) > 0 {
-		var pair []byte
-		pair, q, _ = bytes.Cut(q, []byte{'&'})
-		if len(pair) == 0 || bytes.IndexByte(pair, ';') >= 0 {
-			continue // url.ParseQuery skips these
-		}
-		k, v, _ := bytes.Cut(pair, []byte{'='})
-		key, err := url.QueryUnescape(string(k))
-		if err != nil || key != "name" {
-			continue
-		}
-		val, err := url.QueryUnescape(string(v))
-		if err != nil {
-			continue
-		}
-		return val
-	}
-	return ""
+	return a, req, nil
 }
 
 // register hands an upgraded socket to netpoll and starts its connection
-// actor. buffered holds bytes the client sent after its handshake.
-func (n *Node) register(nc net.Conn, buffered []byte, name string, plain bool) {
-	remote := nc.RemoteAddr().String()
+// actor. buffered holds bytes the client sent after its handshake. The
+// admission's slot is released when the connection ends, or here if it
+// cannot start.
+func (n *Node) register(nc net.Conn, buffered []byte, a admission, req *upgradeRequest) {
+	h := &sessionHandler{n: n, key: a.key}
 	c, err := n.poller.Add(nc, buffered)
 	if err != nil {
 		n.log.Warn("netpoll add failed", "err", err)
 		nc.Close()
+		h.release()
 		return
 	}
-	sess, err := n.sys.Connect(c, actors.ConnInfo{Name: name, Plain: plain, Remote: remote})
+	sess, err := n.sys.Connect(c, actors.ConnInfo{Name: a.name, Plain: req.plain, Remote: req.client.String(),
+		Identity: a.id, NeedAuth: n.cfg.Auth != nil && a.id == nil})
 	if err != nil {
 		n.log.Warn("connect failed", "err", err)
 		c.Abort(err)
+		h.release()
 		return
 	}
-	if err := c.Start(sessionHandler{sess}); err != nil {
+	h.s = sess
+	if err := c.Start(h); err != nil {
 		n.log.Warn("netpoll start failed", "err", err)
 		sess.HandleClose(err)
 		c.Abort(err)
+		h.release()
 	}
 }

@@ -12,9 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
-	"unicode/utf8"
 )
 
 // Client frame types (client → node).
@@ -25,6 +23,9 @@ const (
 	TypeHistory  = "history"
 	TypePresence = "presence"
 	TypePing     = "ping"
+	// TypeAuth carries a token: the first frame on /ws when the node has
+	// token auth on, and later a refresh before the token expires.
+	TypeAuth = "auth"
 )
 
 // Node frame types (node → client). TypeHistory and TypePresence are shared
@@ -40,6 +41,8 @@ const (
 	TypeError        = "error"
 	TypePong         = "pong"
 	TypeReconnect    = "reconnect"
+	// TypeAuthenticated answers a refresh auth frame.
+	TypeAuthenticated = "authenticated"
 )
 
 // Error codes carried by an error frame's code field.
@@ -62,13 +65,11 @@ const (
 	// CodeRoomLimit: the join would open a room on a node that holds as
 	// many rooms as it may; try later or on another node.
 	CodeRoomLimit = "room_limit"
+	CodeForbidden = "forbidden" // the token does not allow this room
 )
 
 // MaxRoomLen is the longest valid room name.
 const MaxRoomLen = 64
-
-// MaxNameLen is the longest valid user name.
-const MaxNameLen = 32
 
 // ClientFrame is any frame a client sends. Which fields matter depends on Type.
 type ClientFrame struct {
@@ -85,6 +86,8 @@ type ClientFrame struct {
 	Before uint64 `json:"before,omitempty"`
 	// Limit (history) caps the number of messages returned.
 	Limit int `json:"limit,omitempty"`
+	// Token (auth) is a JSON Web Token.
+	Token string `json:"token,omitempty"`
 }
 
 // Error is a protocol error that reaches the client as an error frame.
@@ -129,6 +132,10 @@ func Decode(data []byte) (ClientFrame, error) {
 			return f, Errorf(CodeBadText, f.ID, "%v", err)
 		}
 	case TypePing:
+	case TypeAuth:
+		if f.Token == "" {
+			return f, Errorf(CodeBadRequest, f.ID, "auth needs a token")
+		}
 	case "":
 		return f, Errorf(CodeBadRequest, f.ID, "missing type")
 	default:
@@ -180,26 +187,6 @@ func roomByte(c byte) bool {
 		c == '_' || c == '.' || c == ':' || c == '-'
 }
 
-// CheckName reports whether name is a valid user name: 1 to 32 bytes of
-// printable UTF-8 without control characters or angle brackets.
-func CheckName(name string) error {
-	if name == "" || len(name) > MaxNameLen {
-		return fmt.Errorf("name must be 1 to %d bytes", MaxNameLen)
-	}
-	if !utf8.ValidString(name) {
-		return errors.New("name is not valid UTF-8")
-	}
-	if strings.TrimSpace(name) != name {
-		return errors.New("name must not start or end with spaces")
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f || r == '<' || r == '>' || r == '"' || r == '&' {
-			return errors.New("name contains a control character or one of < > \" &")
-		}
-	}
-	return nil
-}
-
 // CheckText reports whether text may be sent as a message: not empty, and
 // without control characters other than tab, line feed and carriage return.
 // JSON encodes any other C0 control character as six bytes ("\u0001"), so
@@ -223,9 +210,11 @@ type Message struct {
 	Seq   uint64 `json:"seq"`
 	Epoch string `json:"epoch,omitempty"`
 	From  string `json:"from"`
-	Text  string `json:"text"`
-	ID    string `json:"id,omitempty"`
-	TS    int64  `json:"ts"` // unix milliseconds, set by the publishing node
+	// User is the sender's authenticated user id (with token auth only).
+	User string `json:"user,omitempty"`
+	Text string `json:"text"`
+	ID   string `json:"id,omitempty"`
+	TS   int64  `json:"ts"` // unix milliseconds, set by the publishing node
 }
 
 // Member is one entry of a presence list.
@@ -240,6 +229,18 @@ type Welcome struct {
 	Node    string `json:"node"`
 	Session string `json:"session"`
 	Name    string `json:"name"`
+	// User and ExpiresAt (unix seconds) describe the token, with token
+	// auth only.
+	User      string `json:"user,omitempty"`
+	ExpiresAt int64  `json:"expires_at,omitempty"`
+}
+
+// Authenticated answers a refresh auth frame: the connection now lives
+// until ExpiresAt (unix seconds).
+type Authenticated struct {
+	Type      string `json:"type"`
+	User      string `json:"user"`
+	ExpiresAt int64  `json:"expires_at"`
 }
 
 // Joined confirms a join: from now on every message sequenced after Seq

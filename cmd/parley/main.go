@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"parley/auth"
 	"parley/node"
 	"parley/relay"
 )
@@ -84,6 +85,12 @@ type options struct {
 	logLevel, logFormat         string
 	gcPercent                   int
 	version, healthcheck        bool
+
+	// Admission and auth (turned into node.Config by nodeSecurity).
+	allowedOrigins, trustedProxies string
+	authSecretFile, authPublicKeys string
+	authIssuer, authAudience       string
+	authSecret                     string // PARLEY_AUTH_SECRET only: never a flag, never on a command line
 }
 
 func register(fs *flag.FlagSet, o *options) {
@@ -115,6 +122,20 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&c.DrainBatch, "drain-batch", 500, "on drain: clients told to reconnect at once, a batch every 50ms")
 	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "on drain, each client's reconnect after_ms is drawn from [d, 2d)")
 	fs.IntVar(&o.gcPercent, "gc-percent", 50, "Go GC target (as GOGC): heap growth over the live heap before a collection; lower keeps idle connections' RSS near their live size")
+	fs.StringVar(&o.allowedOrigins, "allowed-origins", "", "web origins (https://chat.example.com,…) whose pages may connect; empty: same-origin only (the Origin's host must be the Host); * (any) needs token auth")
+	fs.BoolVar(&c.RequireOrigin, "require-origin", false, "refuse upgrades without an Origin header (non-browser clients) with 403")
+	fs.IntVar(&c.MaxConns, "max-conns", 0, "WebSocket connections per node; more get 503 (0: the open-file limit less 512; -1: no cap)")
+	fs.IntVar(&c.MaxConnsPerAddr, "max-conns-per-addr", node.DefaultMaxConnsPerAddr, "WebSocket connections per client address (IPv6: per /64); more get 429 (-1: no cap)")
+	fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "CIDRs of proxies (HAProxy) whose PROXY protocol header or X-Forwarded-For gives the client address; a PROXY header from anyone else is refused")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", 10*time.Second, "deadline for reading a whole HTTP request, body included (public and admin)")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", 60*time.Second, "close an idle HTTP keep-alive connection after this (admin)")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", 64<<10, "cap on an HTTP request body (public and admin); larger gets 413")
+	fs.BoolVar(&c.AdminAllowRemote, "admin-allow-remote", false, "let --admin bind a non-loopback address (pprof and stats: keep it behind a firewall)")
+	fs.StringVar(&o.authSecretFile, "auth-secret-file", "", "file holding the HS256 secret (≥ 32 bytes) of client tokens; turns token auth on (or set PARLEY_AUTH_SECRET)")
+	fs.StringVar(&o.authPublicKeys, "auth-public-keys", "", "file of RS256/EdDSA public keys (PEM, or a JWKS document) for client tokens; turns token auth on")
+	fs.StringVar(&o.authIssuer, "auth-issuer", "", "with token auth: the iss claim tokens must carry (empty: not checked)")
+	fs.StringVar(&o.authAudience, "auth-audience", "", "with token auth: the aud claim tokens must carry (empty: not checked)")
+	fs.DurationVar(&c.AuthTimeout, "auth-timeout", 10*time.Second, "with token auth: close (1008) a connection that has not authenticated this long after its upgrade")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -161,6 +182,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 			}
 		}
 	})
+	o.authSecret = getenv("PARLEY_AUTH_SECRET")
 	if len(errs) > 0 {
 		return nil, errors.New(errs[0].Error() + seeHelp)
 	}
@@ -177,6 +199,53 @@ func usage(fs *flag.FlagSet, out io.Writer) {
 		}
 		fmt.Fprintf(out, "  --%s (env %s, %s)\n    \t%s\n", f.Name, envName(f.Name), def, f.Usage)
 	})
+}
+
+// nodeSecurity turns the admission and auth settings into node.Config.
+func nodeSecurity(o *options) error {
+	c := &o.cfg
+	c.AllowedOrigins = splitList(o.allowedOrigins)
+	var err error
+	if c.TrustedProxies, err = node.ParsePrefixes(splitList(o.trustedProxies)); err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	var ac auth.Config
+	switch {
+	case o.authSecret != "" && o.authSecretFile != "":
+		return errors.New("--auth-secret-file and PARLEY_AUTH_SECRET both set: choose one")
+	case o.authSecret != "":
+		ac.HS256Secret = []byte(o.authSecret)
+	case o.authSecretFile != "":
+		if ac.HS256Secret, err = auth.LoadSecret(o.authSecretFile); err != nil {
+			return fmt.Errorf("--auth-secret-file: %w", err)
+		}
+	}
+	if o.authPublicKeys != "" {
+		if ac.PublicKeys, err = os.ReadFile(o.authPublicKeys); err != nil {
+			return fmt.Errorf("--auth-public-keys: %w", err)
+		}
+	}
+	if len(ac.HS256Secret) == 0 && len(ac.PublicKeys) == 0 {
+		if o.authIssuer != "" || o.authAudience != "" {
+			return errors.New("--auth-issuer and --auth-audience need token auth (--auth-secret-file or --auth-public-keys)")
+		}
+		return nil
+	}
+	ac.Issuer, ac.Audience = o.authIssuer, o.authAudience
+	if c.Auth, err = auth.New(ac); err != nil {
+		return err
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
@@ -211,6 +280,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return errors.New(err.Error() + seeHelp)
 	}
 	o.cfg.Logger = log
+	if err := nodeSecurity(o); err != nil {
+		return err
+	}
 	if o.gcPercent <= 0 {
 		return fmt.Errorf("--gc-percent must be positive, got %d%s", o.gcPercent, seeHelp)
 	}
