@@ -405,15 +405,16 @@ func writeStormTable(b *strings.Builder, groups []*group) {
 		return
 	}
 	b.WriteString("\n### 5. Join storm (every client joins one room at once; nobody sends)\n\n")
-	b.WriteString("| system | runs | clients | joined | join time | dial → joined p99 | presence frames received | if every join went to every member | kicked 4008 | other closes | node CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| system | runs | clients | joined | join time | dial → joined p99 | last frame after | presence frames received | if every join went to every member | kicked 4008 | other closes | node CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range rows {
 		f := g.fan[0]
 		m := func(fn func(*fanoutResult) float64) float64 { return medFan(g.fan, fn) }
-		fmt.Fprintf(b, "| %s | %d | %d | %.0f | %.2f s | %s | **%.0f** | %d | **%.0f** | %.0f | %s |\n",
+		fmt.Fprintf(b, "| %s | %d | %d | %.0f | %.2f s | %s | %.2f s | **%.0f** | %d | **%.0f** | %.0f | %s |\n",
 			g.system, len(g.fan), f.Clients,
 			m(func(r *fanoutResult) float64 { return float64(r.Connected) }),
 			m(func(r *fanoutResult) float64 { return r.JoinS }),
 			fmtMS(m(func(r *fanoutResult) float64 { return r.JoinWait.P99 })),
+			m(func(r *fanoutResult) float64 { return r.StormS }),
 			m(func(r *fanoutResult) float64 { return float64(r.PresenceFrames) }),
 			int64(f.Rooms)*stormAnnouncements(f.Clients/max(f.Rooms, 1)),
 			m(func(r *fanoutResult) float64 { return float64(r.Closes["4008"]) }),

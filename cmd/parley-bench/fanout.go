@@ -174,6 +174,7 @@ type fanoutResult struct {
 	PresenceFrames int64               `json:"presence_frames"`     // member_joined + member_left received
 	Closes         map[string]int      `json:"closes,omitempty"`    // close code the node sent → clients
 	JoinS          float64             `json:"join_s,omitempty"`    // first dial → last client ready
+	StormS         float64             `json:"storm_s,omitempty"`   // storm: first dial → the last frame any client received
 	JoinWait       latencySummary      `json:"join_wait,omitempty"` // per client: dial → ready (ms)
 	Latency        latencySummary      `json:"latency"`
 	PerURL         []latencySummary    `json:"latency_per_url,omitempty"`

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -43,13 +44,22 @@ func TestStormCountsPresenceAndKicks(t *testing.T) {
 				t.Fatalf("connected %d presence %d closes %v; want %d, %d, %d 4008s (%s)",
 					res.Connected, res.PresenceFrames, res.Closes, tc.wantConnected, tc.wantPresence, tc.wantKicked, res.FirstError)
 			}
-			if res.JoinWait.Count != int64(tc.clients) || res.JoinS <= 0 {
+			if res.JoinWait.Count != int64(tc.clients) || res.JoinS <= 0 || res.StormS < res.JoinS {
 				t.Fatalf("join times %+v over %.3f s", res.JoinWait, res.JoinS)
 			}
 			var out bytes.Buffer
 			printStorm(&out, res)
 			if !strings.Contains(out.String(), "every join to every member") {
 				t.Fatalf("text report: %s", out.String())
+			}
+			b, _ := json.Marshal(res)
+			md, err := renderMarkdown([]record{{System: "parley", Scenario: "storm", Run: 1, Result: b}}, "m", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("| **%d** | %d | **%d** |", res.PresenceFrames, stormAnnouncements(tc.clients), tc.wantKicked)
+			if !strings.Contains(md, want) {
+				t.Fatalf("storm table lacks %q:\n%s", want, md)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // runStorm is a join storm: cfg.clients clients connect and join cfg.rooms
@@ -24,11 +25,15 @@ func runStorm(cfg fanoutConfig) (*fanoutResult, error) {
 	r := newFanRun(&cfg, "storm")
 	defer r.closeAll()
 	r.cpu = startCPU(cfg.pids)
+	begin := time.Now()
 	r.connect()
 	if err := r.ready(); err != nil {
 		return r.res, err
 	}
 	r.settle()
+	if last := r.st.lastFrame.Load(); last > begin.UnixNano() {
+		r.res.StormS = time.Duration(last - begin.UnixNano()).Seconds()
+	}
 	r.account()
 	return r.res, nil
 }
@@ -44,8 +49,8 @@ func printStorm(w io.Writer, r *fanoutResult) {
 	fmt.Fprintf(w, "joined %d (connect errors %d, not ready %d) in %.2f s; dial → joined ms: p50 %.1f  p99 %.1f  max %.1f\n",
 		r.Connected, r.ConnectErrors, r.NotReady, r.JoinS, r.JoinWait.P50, r.JoinWait.P99, r.JoinWait.Max)
 	per := r.Clients / max(r.Rooms, 1)
-	fmt.Fprintf(w, "presence frames received %d (every join to every member: %d)\n",
-		r.PresenceFrames, int64(r.Rooms)*stormAnnouncements(per))
+	fmt.Fprintf(w, "presence frames received %d (every join to every member: %d); the last frame %.2f s after the first dial\n",
+		r.PresenceFrames, int64(r.Rooms)*stormAnnouncements(per), r.StormS)
 	fmt.Fprintf(w, "closes by the node %v (4008 = slow consumer), disconnects %d, error frames %d\n",
 		r.Closes, r.Disconnects, r.ErrorFrames)
 	for _, c := range r.NodeCPU {
