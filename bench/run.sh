@@ -10,7 +10,8 @@
 #   bench/run.sh --md FILE  write the tables into FILE instead
 # Environment:
 #   PARLEY_BENCH_RUNS       runs of each repeated scenario (default 3: medians of 3)
-#   PARLEY_BENCH_SCENARIOS  which scenarios (default: all of the matrix below, in order)
+#   PARLEY_BENCH_SCENARIOS  which scenarios (default: all of the matrix below, in order); the
+#                           section is rewritten with only what ran, so pair a subset with --md FILE
 #   PARLEY_BENCH_SYSTEMS    restrict every scenario to these systems (default: as in the matrix)
 #   PARLEY_BENCH_NODE_FLAGS extra flags for every Parley node (e.g. "--gc-percent 100")
 # Systems: floor (parley-bench floor), parley (one node, embedded bus),
