@@ -145,6 +145,7 @@ Profiles in $out/ (binaries: bin/parley, bin/parley-bench for the floor):
   go tool pprof -top -cum bin/parley $out/parley-cpu-fanout.pb.gz            # … by cumulative time
   go tool pprof -list 'FUNC_REGEX' bin/parley $out/parley-cpu-fanout.pb.gz   # line by line for one function
   go tool trace $out/parley-trace-fanout.out                                 # goroutines, scheduler latency, GC
+  go tool trace -pprof=sched $out/parley-trace-fanout.out >$out/sched.pb && go tool pprof -top bin/parley $out/sched.pb  # who waited to run
   go tool pprof -top bin/parley-bench $out/floor-cpu-fanout.pb.gz            # the floor under the same load
   go tool pprof -sample_index=inuse_space -top bin/parley $out/heap-idle.pb.gz   # heap held by $n idle connections
   go tool pprof -sample_index=alloc_space -top bin/parley $out/heap-fanout.pb.gz # allocation during the fan-out
