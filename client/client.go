@@ -190,6 +190,7 @@ type Stats struct {
 	Resent     uint64 // sends written again (after a retry or a reconnect)
 	Failed     uint64 // sends answered with an error the client does not retry
 	Unanswered uint64 // sends whose context ended before an answer
+	Orphaned   uint64 // sends written on a connection that ended before answering them (then sent again)
 	Messages   uint64 // messages delivered on Events
 	Duplicates uint64 // messages dropped because their seq was delivered already
 	Gaps       uint64 // messages whose seq skipped one (never expected)
@@ -906,6 +907,7 @@ func (c *Client) ended(cn *conn) {
 	for _, p := range c.sends {
 		if p.on == cn {
 			p.on = nil
+			c.stats.Orphaned++
 		}
 	}
 	for k, list := range c.reqs {
@@ -938,6 +940,13 @@ func retryable(code string) bool {
 		return true
 	}
 	return false
+}
+
+// retryableJoin reports whether a join refused with code is worth trying
+// again: a rejoin (hasPos) also waits out name_taken, the old connection's
+// membership not gone yet.
+func retryableJoin(code string, rejoin bool) bool {
+	return retryable(code) || code == "room_limit" || rejoin && code == "name_taken"
 }
 
 // handle applies one frame of the current connection; the lock is held.
@@ -1104,9 +1113,7 @@ func (c *Client) sendError(p *pendingSend, f *frame) {
 
 func (c *Client) joinError(r *roomState, f *frame) {
 	r.joining = false
-	if retryable(f.Code) || r.hasPos && f.Code == "name_taken" {
-		// name_taken on a rejoin: the old connection's membership has not
-		// gone yet.
+	if retryableJoin(f.Code, r.hasPos) {
 		c.stats.Retries++
 		if f.Code == "draining" {
 			c.draining = true
