@@ -178,8 +178,8 @@ func (p *nodeProc) restart() {
 func (p *nodeProc) dumpLog() {
 	for i := 1; i <= p.runs; i++ {
 		b, _ := os.ReadFile(filepath.Join(p.logDir, fmt.Sprintf("run%d.log", i)))
-		if len(b) > 4000 {
-			b = b[len(b)-4000:]
+		if len(b) > 1500 {
+			b = b[len(b)-1500:]
 		}
 		if len(b) > 0 {
 			p.t.Logf("node %s run %d log (tail):\n%s", p.id, i, b)
