@@ -178,14 +178,14 @@ func (tr *traffic) finish() {
 // figures are what a run measured.
 type figures struct {
 	Sends, Acks, Repeats, Retries, Resent, Orphaned, Unanswered, Failed uint64
-	Reconnects, Notices, DupsDropped, Resets                             uint64
-	HistoryMessages                                                      int
-	HistoryDuplicates                                                    int // a (sender, id) stored more than once
-	AckedLost                                                            int // acked but not in history at its seq
-	Missed                                                               int // a client's view lacks a message of history after its join
-	OutOfOrder                                                           int // a client's view goes back in seq
-	SeenTwice                                                            int // a client's view holds a seq twice
-	Faults                                                               map[string]int
+	Reconnects, Notices, DupsDropped, Resets                            uint64
+	HistoryMessages                                                     int
+	HistoryDuplicates                                                   int // a (sender, id) stored more than once
+	AckedLost                                                           int // acked but not in history at its seq
+	Missed                                                              int // a client's view lacks a message of history after its join
+	OutOfOrder                                                          int // a client's view goes back in seq
+	SeenTwice                                                           int // a client's view holds a seq twice
+	Faults                                                              map[string]int
 }
 
 func (f figures) String() string {
