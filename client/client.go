@@ -129,7 +129,8 @@ type Ack struct {
 	Room   string
 	ID     string
 	Seq    uint64
-	Repeat bool // the id was already published: Seq is the original's
+	Repeat bool   // the id was already published: Seq is the original's
+	Node   string // the node that answered
 }
 
 // Message is one chat message.
@@ -965,7 +966,7 @@ func (c *Client) handle(cn *conn, f *frame) {
 		if f.Repeat {
 			c.stats.Repeats++
 		}
-		c.finish(p, sendResult{ack: Ack{Room: f.Room, ID: f.ID, Seq: f.Seq, Repeat: f.Repeat}})
+		c.finish(p, sendResult{ack: Ack{Room: f.Room, ID: f.ID, Seq: f.Seq, Repeat: f.Repeat, Node: cn.node}})
 	case "error":
 		c.errorFrame(f)
 	case "left":

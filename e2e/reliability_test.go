@@ -68,6 +68,9 @@ func TestSIGTERMWhileSending(t *testing.T) {
 			t.Errorf("%s is on %q after the drain, want e2", u.name, node)
 		}
 	}
+	if f.AnsweredElsewhere != 0 {
+		t.Errorf("%d sends were published by the draining node without an answer from it", f.AnsweredElsewhere)
+	}
 	if f.Notices < uint64(len(users)) {
 		t.Errorf("%d reconnect notices for %d clients of the drained node", f.Notices, len(users))
 	}

@@ -182,6 +182,7 @@ type figures struct {
 	HistoryMessages                                                     int
 	HistoryDuplicates                                                   int // a (sender, id) stored more than once
 	AckedLost                                                           int // acked but not in history at its seq
+	AnsweredElsewhere                                                   int // published by one node, acked by another (after a resend)
 	Missed                                                              int // a client's view lacks a message of history after its join
 	OutOfOrder                                                          int // a client's view goes back in seq
 	SeenTwice                                                           int // a client's view holds a seq twice
@@ -194,8 +195,9 @@ func (f figures) String() string {
 		f.Sends, f.Acks, f.Repeats, f.Retries, f.Resent, f.Orphaned)
 	fmt.Fprintf(&b, "unanswered %d, failed %d; reconnects %d (notices %d), duplicates dropped by clients %d, resets %d\n",
 		f.Unanswered, f.Failed, f.Reconnects, f.Notices, f.DupsDropped, f.Resets)
-	fmt.Fprintf(&b, "history: %d messages, %d stored twice; acked but lost %d; missed by a client %d, out of order %d, seen twice %d",
-		f.HistoryMessages, f.HistoryDuplicates, f.AckedLost, f.Missed, f.OutOfOrder, f.SeenTwice)
+	fmt.Fprintf(&b, "history: %d messages, %d stored twice; acked but lost %d; published by one node, acked by another %d\n",
+		f.HistoryMessages, f.HistoryDuplicates, f.AckedLost, f.AnsweredElsewhere)
+	fmt.Fprintf(&b, "clients: missed %d, out of order %d, seen twice %d", f.Missed, f.OutOfOrder, f.SeenTwice)
 	if len(f.Faults) > 0 {
 		kinds := make([]string, 0, len(f.Faults))
 		for k := range f.Faults {
@@ -263,12 +265,14 @@ func check(t *testing.T, redisURL string, users []*user, rooms []string) figures
 	var f figures
 	type key struct{ room, from, id string }
 	stored := map[key][]uint64{}
+	publishedBy := map[key]string{}
 	for _, room := range rooms {
 		h := hist[room]
 		f.HistoryMessages += len(h.Messages)
 		for _, m := range h.Messages {
 			k := key{room, m.From, m.ID}
 			stored[k] = append(stored[k], m.Seq)
+			publishedBy[k] = m.Node
 		}
 	}
 	for k, seqs := range stored {
@@ -307,6 +311,9 @@ func check(t *testing.T, redisURL string, users []*user, rooms []string) figures
 				found := false
 				for _, s := range seqs {
 					found = found || s == rec.ack.Seq
+				}
+				if by := publishedBy[key{rec.room, u.name, rec.id}]; found && by != rec.ack.Node {
+					f.AnsweredElsewhere++
 				}
 				if !found {
 					f.AckedLost++
