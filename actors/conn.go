@@ -2,7 +2,9 @@ package actors
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"runtime/debug"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -43,6 +45,7 @@ type conn struct {
 
 // Receive is the connection actor's message loop.
 func (c *conn) Receive(ctx actor.Context) {
+	defer c.recoverPanic(ctx)
 	switch msg := ctx.Message().(type) {
 	case *inbound:
 		c.inbound(ctx, msg)
@@ -124,6 +127,29 @@ func (c *conn) Receive(ctx actor.Context) {
 			c.s.forget(c.sess)
 		}
 	}
+}
+
+// recoverPanic keeps a panic while handling one connection to that
+// connection: it is logged once with its stack and the connection is closed
+// with 1011 (the actor stops); the node and every other connection carry
+// on. (protoactor would otherwise log it and stop the actor, closing with
+// 1001 as if the server were going away.)
+func (c *conn) recoverPanic(ctx actor.Context) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if c.s == nil || c.sess == nil {
+		ctx.Stop(ctx.Self()) // before connInit: no socket to close yet
+		return
+	}
+	c.s.log.Error("actors: connection actor panicked: closing the connection with 1011",
+		"session", c.sess.id, "message", fmt.Sprintf("%T", ctx.Message()), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	if c.closing {
+		ctx.Stop(ctx.Self())
+		return
+	}
+	c.close(ctx, closeInternal, "internal error")
 }
 
 // drainStep closes a draining connection with 1001 once reading has stopped

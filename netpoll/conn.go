@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -320,8 +321,8 @@ loop:
 			c.mu.Lock()
 			closing := c.flags&fClosing != 0
 			c.mu.Unlock()
-			if !closing {
-				c.h.HandleMessage(c, op, payload)
+			if !closing && !c.deliver(op, payload) {
+				break loop
 			}
 		case ws.OpPing:
 			c.mu.Lock()
@@ -339,6 +340,34 @@ loop:
 		c.Flush()
 	}
 	c.releaseReader()
+}
+
+// deliver hands one message to the Handler. A panic in it is this
+// connection's alone: it is logged once with its stack, the connection is
+// closed with 1011, and deliver reports false; the worker and every other
+// connection carry on.
+func (c *Conn) deliver(op ws.OpCode, payload []byte) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.p.log.Error("netpoll: handler panicked: closing the connection with 1011",
+				"conn", c.id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			c.protocolFailure(&CloseError{Code: ws.StatusInternalServerError, Reason: "internal error"})
+			ok = false
+		}
+	}()
+	c.h.HandleMessage(c, op, payload)
+	return true
+}
+
+// reportClose calls HandleClose; a panic in it is logged once with its
+// stack and goes no further (the socket is closed already).
+func (c *Conn) reportClose(err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.p.log.Error("netpoll: close handler panicked", "conn", c.id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	c.h.HandleClose(c, err)
 }
 
 // releaseReader returns rd to its pool when no frame is in progress.
@@ -441,7 +470,7 @@ func (c *Conn) finish() {
 	}
 	c.p.log.Debug("netpoll: conn finished", "conn", c.id, "err", err)
 	if started {
-		c.h.HandleClose(c, err)
+		c.reportClose(err)
 	}
 }
 
