@@ -181,7 +181,7 @@ func (c *conn) reply(ctx actor.Context, v any) {
 }
 
 func (c *conn) replyErr(ctx actor.Context, e *protocol.Error) {
-	c.enqueue(ctx, errFrame(e))
+	c.enqueue(ctx, c.s.errFrame(e))
 }
 
 func (c *conn) close(ctx actor.Context, code ws.StatusCode, reason string) {

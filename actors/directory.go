@@ -89,6 +89,6 @@ func (d *directory) noRoom(ctx actor.Context, op *roomOp) {
 		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: op.room}))
 	default:
 		ctx.Send(op.conn, &dropRoom{room: op.room, query: op.kind == opHistory || op.kind == opPresence,
-			frame: errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", op.room))})
+			frame: d.s.errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", op.room))})
 	}
 }

@@ -29,8 +29,10 @@ type outbox struct {
 // returns netpoll.ErrQueueFull; a closing socket returns netpoll.ErrClosed
 // and the frame is dropped (its connection actor is on its way out, and the
 // client will learn nothing more from this socket).
-func (o outbox) send(frame []byte) error {
-	err := o.t.Send(frame)
+func (o outbox) send(frame []byte) error { return o.sent(o.t.Send(frame)) }
+
+// sent applies the slow-consumer policy to the result of queueing a frame.
+func (o outbox) sent(err error) error {
 	if errors.Is(err, netpoll.ErrQueueFull) {
 		o.kicks.Add(1)
 		o.t.Kick(closeSlowConsumer, "slow consumer")

@@ -175,6 +175,7 @@ func (r *room) stopping(ctx actor.Context) {
 	for _, m := range r.members {
 		r.presQ = append(r.presQ, presOp{m: r.presenceMember(m)})
 	}
+	r.s.count.sizes.resize(len(r.members), 0)
 	r.members = nil
 	if len(r.presQ) == 0 {
 		return
@@ -197,13 +198,13 @@ func (r *room) refuse(ctx actor.Context, op *roomOp, format string, args ...any)
 	switch op.kind {
 	case opJoin:
 		ctx.Send(op.conn, &dropRoom{room: r.name,
-			frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, format+": try again", args...))})
+			frame: r.s.errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, format+": try again", args...))})
 	case opLeave:
 		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 	case opFlush:
 		ctx.Send(op.conn, &flushed{})
 	case opHistory, opPresence:
-		ctx.Send(op.conn, &queryDone{frame: errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, format, args...))})
+		ctx.Send(op.conn, &queryDone{frame: r.s.errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, format, args...))})
 	case opSend:
 		r.s.count.pubErrors.Add(1)
 		r.sendFailed(op)
@@ -287,7 +288,7 @@ func (r *room) exec(ctx actor.Context, op *roomOp) {
 		ctx.Send(op.conn, &flushed{})
 	case opHistory, opPresence:
 		if _, ok := r.index[op.conn.Id]; !ok {
-			ctx.Send(op.conn, &queryDone{frame: errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name))})
+			ctx.Send(op.conn, &queryDone{frame: r.s.errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name))})
 			return
 		}
 		if op.kind == opHistory {
@@ -337,6 +338,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		m = &member{pid: op.conn, out: op.out, name: op.name, user: op.user, session: op.session, plain: op.plain}
 		r.index[op.conn.Id] = len(r.members)
 		r.members = append(r.members, m)
+		r.s.count.sizes.resize(len(r.members)-1, len(r.members))
 		if m.plain {
 			r.plains++
 		}
@@ -422,6 +424,7 @@ func (r *room) remove(ctx actor.Context, i int, unwatch bool) {
 	}
 	r.members[last] = nil
 	r.members = r.members[:last]
+	r.s.count.sizes.resize(last+1, last)
 	delete(r.index, m.pid.Id)
 	if m.plain {
 		r.plains--
@@ -478,12 +481,17 @@ func (r *room) fanout(ctx actor.Context, msg relay.Message) {
 		pf = netpoll.TextFrame([]byte(msg.Text))
 	}
 	r.s.count.deliveries.Add(uint64(len(r.members)))
-	for _, m := range r.members {
+	last := len(r.members) - 1
+	for i, m := range r.members {
 		switch {
 		case m.plain:
 			_ = m.out.send(pf)
 		case m.replaying:
 			m.buffered = append(m.buffered, heldFrame{seq: msg.Seq, frame: jf})
+		case i == last:
+			// The fan-out's tail: its write completion is the message's
+			// end-to-end latency on this node (stats.go).
+			_ = m.out.sendTraced(jf, msg.TS)
 		default:
 			_ = m.out.send(jf)
 		}
@@ -548,7 +556,7 @@ func (r *room) runQueue(ctx actor.Context) {
 			if !ok {
 				// Left (or gone) before its send's turn came.
 				r.doneOp(op)
-				_ = op.out.send(errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
+				_ = op.out.send(r.s.errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name)))
 				continue
 			}
 			op.name, op.user, op.plain = r.members[i].name, r.members[i].user, r.members[i].plain
@@ -577,11 +585,16 @@ func (r *room) publish(ctx actor.Context, batch []*roomOp) {
 	known := relay.Position{Seq: r.seq.last, Epoch: r.seq.epoch}
 	r.s.goTask(func() {
 		msgs := make([]relay.Message, len(batch))
-		now := time.Now().UnixMilli()
+		start := time.Now()
+		now := start.UnixMilli()
 		for i, op := range batch {
 			msgs[i] = relay.Message{Room: room, From: op.name, User: op.user, Node: node, Text: op.text, ID: op.id, TS: now}
 		}
-		root.Send(self, &publishDone{batch: batch, results: publishAll(b, r.s.brokerCtx, room, known, msgs)})
+		results := publishAll(b, r.s.brokerCtx, room, known, msgs)
+		if obs := r.s.cfg.ObservePublish; obs != nil {
+			obs(time.Since(start))
+		}
+		root.Send(self, &publishDone{batch: batch, results: results})
 	})
 }
 
@@ -617,6 +630,10 @@ func (r *room) published(ctx actor.Context, d *publishDone) {
 			r.sendFailed(op)
 			continue
 		}
+		r.s.count.published.Add(1)
+		if res.pos.Repeat {
+			r.s.count.repeats.Add(1)
+		}
 		if !op.plain {
 			_ = op.out.send(frameOf(protocol.Ack{Type: protocol.TypeAck, ID: op.id, Room: r.name, Seq: res.pos.Seq, Repeat: res.pos.Repeat}))
 		}
@@ -629,10 +646,11 @@ func (r *room) published(ctx actor.Context, d *publishDone) {
 // may have been: retrying with the same id is safe either way).
 func (r *room) sendFailed(op *roomOp) {
 	if op.plain {
+		r.s.count.refused.add(protocol.CodeUnavailable)
 		_ = op.out.send(netpoll.TextFrame([]byte("error: message not sent: bus unavailable")))
 		return
 	}
-	_ = op.out.send(errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent (or not known to be): retry with the same id")))
+	_ = op.out.send(r.s.errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "message not sent (or not known to be): retry with the same id")))
 }
 
 // runPresence runs queued presence changes in order, one batch in flight.
@@ -709,7 +727,7 @@ func (r *room) history(ctx actor.Context, op *roomOp) {
 		res, err := b.History(cctx, room, req)
 		d := &queryRead{op: op, pos: res.Position}
 		if err != nil {
-			d.frame = errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "history unavailable"))
+			d.frame = r.s.errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "history unavailable"))
 		} else {
 			d.frame = historyFrame(room, res, maxBytes)
 		}
@@ -752,7 +770,7 @@ func (r *room) presence(ctx actor.Context, op *roomOp) {
 		list, err := b.Presence(cctx, room)
 		d := &queryRead{op: op}
 		if err != nil {
-			d.frame = errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "presence unavailable"))
+			d.frame = r.s.errFrame(protocol.Errorf(protocol.CodeUnavailable, op.id, "presence unavailable"))
 		} else {
 			out := protocol.Presence{Type: protocol.TypePresence, Room: room, Members: make([]protocol.Member, len(list))}
 			for i, m := range list {
@@ -773,8 +791,6 @@ type heldFrame struct {
 // frameOf encodes a node frame as a complete text frame.
 // The JSON is encoded into a pooled buffer and copied once, into the frame.
 func frameOf(v any) []byte { return protocol.EncodeWith(v, netpoll.TextFrame) }
-
-func errFrame(e *protocol.Error) []byte { return frameOf(e.Frame()) }
 
 // messageFrame encodes m as a message frame.
 func messageFrame(m relay.Message) []byte {

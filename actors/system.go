@@ -58,6 +58,9 @@ type Config struct {
 	// not authenticated this long after connecting (0: 10s).
 	Auth        *auth.Verifier
 	AuthTimeout time.Duration
+	// ObservePublish, if set, is called with the duration of every
+	// publish call to the broker (one per batch), failed ones included.
+	ObservePublish func(time.Duration)
 }
 
 // ConnInfo describes an upgraded socket.
@@ -103,11 +106,18 @@ type Stats struct {
 	SlowKicks  uint64 `json:"slow_kicks"` // members closed with 4008
 	PubErrors  uint64 `json:"pub_errors"` // sends answered with "unavailable"
 	Rollovers  uint64 `json:"rollovers"`  // new epochs started because the bus went back in time
-}
 
-// counters are the room counters behind Stats; rooms add to them.
-type counters struct {
-	deliveries, gapFills, checks, resets, slowKicks, pubErrors, rollovers atomic.Uint64
+	// Connection and message counters (stats.go).
+	PlainConnections int               `json:"plain_connections"` // of Connections, in seed mode (the rest speak JSON)
+	Received         uint64            `json:"received"`          // data frames received from clients
+	Published        uint64            `json:"published"`         // client sends the bus sequenced (acked)
+	Repeats          uint64            `json:"repeats"`           // sends acked as repeats of an earlier id
+	Refused          map[string]uint64 `json:"refused"`           // error frames sent, by protocol error code
+	Members          int64             `json:"members"`           // room memberships on this node (presence entries)
+	// RoomSizes[i] counts local rooms whose member count is at most
+	// RoomSizeBuckets[i] (and above the previous bound); the last entry
+	// counts larger rooms.
+	RoomSizes []int64 `json:"room_sizes"`
 }
 
 // System is one node's actor system: the relay actor, the directory with
@@ -133,10 +143,11 @@ type System struct {
 
 // Session is the node's handle on one connection actor.
 type Session struct {
-	sys  *System
-	pid  *actor.PID
-	id   string
-	done atomic.Bool // set when the actor stops; later posts are dropped
+	sys   *System
+	pid   *actor.PID
+	id    string
+	plain bool        // seed mode, for the plain connection count
+	done  atomic.Bool // set when the actor stops; later posts are dropped
 
 	// gate orders HandleMessage's posts against stopReading: a frame is
 	// posted under it, so once stopped is set every frame read is already
@@ -236,7 +247,7 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 		return nil, errors.New("actors: connect: system is shutting down")
 	}
 	n := s.nextID.Add(1)
-	sess := &Session{sys: s, id: s.prefix + strconv.FormatUint(n, 36)}
+	sess := &Session{sys: s, id: s.prefix + strconv.FormatUint(n, 36), plain: info.Plain}
 	name := info.Name
 	if name == "" {
 		name = "guest-" + strconv.FormatUint(n, 36)
@@ -245,6 +256,9 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 	s.mu.Lock()
 	s.conns[sess] = struct{}{}
 	s.mu.Unlock()
+	if info.Plain {
+		s.count.plain.Add(1)
+	}
 	s.root.Send(sess.pid, &connInit{t: t, sess: sess, name: name, plain: info.Plain, id: info.Identity, needAuth: info.NeedAuth})
 	return sess, nil
 }
@@ -258,6 +272,7 @@ func (s *Session) HandleMessage(op ws.OpCode, payload []byte) {
 	if s.done.Load() {
 		return
 	}
+	s.sys.count.received.Add(1)
 	s.gate.Lock()
 	if !s.stopped {
 		s.sys.root.Send(s.pid, &inbound{op: op, payload: payload})
@@ -298,8 +313,12 @@ func (s *System) sessions() []*Session {
 
 func (s *System) forget(sess *Session) {
 	s.mu.Lock()
+	_, ok := s.conns[sess]
 	delete(s.conns, sess)
 	s.mu.Unlock()
+	if ok && sess.plain {
+		s.count.plain.Add(-1)
+	}
 }
 
 // Drain tells every connection to go (Session.Drain). It returns after
@@ -333,10 +352,17 @@ func (s *System) Stats() Stats {
 	n := len(s.conns)
 	s.mu.Unlock()
 	c := &s.count
-	return Stats{Connections: n, Rooms: int(s.rooms.Load()), Broker: s.cfg.Broker.Stats(),
+	st := Stats{Connections: n, Rooms: int(s.rooms.Load()), Broker: s.cfg.Broker.Stats(),
 		Deliveries: c.deliveries.Load(), GapFills: c.gapFills.Load(), Checks: c.checks.Load(),
 		Resets: c.resets.Load(), SlowKicks: c.slowKicks.Load(), PubErrors: c.pubErrors.Load(),
-		Rollovers: c.rollovers.Load()}
+		Rollovers:        c.rollovers.Load(),
+		PlainConnections: int(c.plain.Load()), Received: c.received.Load(), Published: c.published.Load(),
+		Repeats: c.repeats.Load(), Refused: c.refused.snapshot(), Members: c.sizes.members.Load(),
+		RoomSizes: make([]int64, len(c.sizes.n))}
+	for i := range c.sizes.n {
+		st.RoomSizes[i] = c.sizes.n[i].Load()
+	}
+	return st
 }
 
 // Shutdown stops all actors (connections first, then rooms, then the

@@ -46,6 +46,11 @@ type Config struct {
 	// close reply or EOF (and for its queue to drain) before its socket is
 	// closed (0: 5s).
 	CloseTimeout time.Duration
+	// Written, if set, is called with the timestamp given to
+	// Conn.SendTraced once that frame is fully written to its socket (on
+	// the writing goroutine, under the conn's lock: it must be quick and
+	// must not call back into the conn).
+	Written func(at int64)
 	// Logger receives the poller's logs (nil: discard).
 	Logger *slog.Logger
 }

@@ -241,6 +241,11 @@ func (c *Conn) pushLocked(frame []byte, capped bool) error {
 // beginCloseLocked starts closing: the conn takes no more frames, a close
 // frame is queued last and the close deadline runs.
 func (c *Conn) beginCloseLocked(code ws.StatusCode, reason string, dropUnstarted bool) {
+	side := SideServer
+	if c.flags&fCloseRcvd != 0 {
+		side = SideClient // peerClose: we echo the peer's code
+	}
+	c.p.closes.add(side, code)
 	c.flags |= fClosing | fCloseQueued
 	c.closeStateLocked().deadline = c.p.now() + int64(c.p.cfg.CloseTimeout)
 	if dropUnstarted && c.out != nil {
@@ -444,6 +449,9 @@ func (c *Conn) finish() {
 	if c.flags&fFinished != 0 {
 		c.mu.Unlock()
 		return
+	}
+	if c.flags&(fCloseQueued|fCloseRcvd) == 0 {
+		c.p.closes.add(SideNetwork, ws.StatusAbnormalClosure)
 	}
 	c.flags |= fFinished
 	c.releaseIOLocked()

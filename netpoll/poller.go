@@ -34,8 +34,9 @@ type Poller struct {
 	sweepDone chan struct{}
 	closeOnce sync.Once
 
-	flush flusher   // writes what Send queued
-	sys   pollerSys // platform part
+	closes closeCounters // closes by side and code (stats.go)
+	flush  flusher       // writes what Send queued
+	sys    pollerSys     // platform part
 }
 
 // New validates cfg and starts the poller's goroutines.

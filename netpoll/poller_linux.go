@@ -362,7 +362,7 @@ func (c *Conn) writeLocked() {
 			c.writeFailedLocked(err)
 			return
 		}
-		q.advance(n)
+		c.writtenLocked(q, n)
 	}
 	c.queueDrainedLocked()
 }

@@ -156,7 +156,7 @@ func (c *Conn) writeLoop() {
 		c.mu.Lock()
 		c.sys.inflight = 0
 		if c.out == q {
-			q.advance(int(n))
+			c.writtenLocked(q, int(n))
 		}
 		if err != nil {
 			c.flags &^= fWriting

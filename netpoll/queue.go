@@ -10,6 +10,10 @@ type outQueue struct {
 	head    int
 	bytes   int  // unwritten bytes
 	started bool // frames[head] is partly written
+	// traceLeft > 0: a frame queued with SendTraced completes once this
+	// many more bytes are written; traceAt is its timestamp.
+	traceLeft int
+	traceAt   int64
 }
 
 var queuePool = sync.Pool{New: func() any { return &outQueue{frames: make([][]byte, 0, 8)} }}
@@ -19,6 +23,7 @@ func getQueue() *outQueue { return queuePool.Get().(*outQueue) }
 func putQueue(q *outQueue) {
 	clear(q.frames[:cap(q.frames)])
 	q.frames, q.head, q.bytes, q.started = q.frames[:0], 0, 0, false
+	q.traceLeft, q.traceAt = 0, 0
 	queuePool.Put(q)
 }
 
@@ -62,6 +67,7 @@ func (q *outQueue) truncate(keep int) {
 	if end >= len(q.frames) {
 		return
 	}
+	q.traceLeft, q.traceAt = 0, 0 // the traced frame may be dropped: trace nothing
 	for _, f := range q.frames[end:] {
 		q.bytes -= len(f)
 	}

@@ -89,7 +89,8 @@ type admission struct {
 
 // admit decides an upgrade. On success the connection holds a slot in the
 // node and per-address counts until n.release(a.key).
-func (n *Node) admit(req *upgradeRequest) (admission, *refusal) {
+func (n *Node) admit(req *upgradeRequest) (_ admission, ref *refusal) {
+	defer func() { n.countRefusal(ref) }() // metrics_refusals.go
 	if n.draining.Load() {
 		return admission{}, refuse(reasonDraining, "")
 	}

@@ -13,12 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path"
-	"runtime"
-	"strconv"
 	"strings"
-	"time"
-
-	"parley/relay"
 )
 
 //go:embed web
@@ -126,7 +121,7 @@ func isUpgrade(r *http.Request) bool {
 	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
 
-// adminMux routes the admin listener: pprof and /debug/stats.
+// adminMux routes the admin listener: pprof, /debug/stats and /metrics.
 func (n *Node) adminMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -134,6 +129,7 @@ func (n *Node) adminMux() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("GET /metrics", n.metrics.handler())
 	mux.HandleFunc("GET /debug/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -234,73 +230,4 @@ func checkAdminAddr(addr string, allowRemote bool) error {
 	}
 	return fmt.Errorf("node: admin address %q is not loopback: pprof and stats are for operators; "+
 		"bind 127.0.0.1, or pass --admin-allow-remote behind a firewall", addr)
-}
-
-// Stats is what /debug/stats reports.
-type Stats struct {
-	Node        string `json:"node"`
-	Draining    bool   `json:"draining"`
-	UptimeSec   int64  `json:"uptime_sec"`
-	Connections int    `json:"connections"` // sockets registered with the epoll loop
-	Sessions    int    `json:"sessions"`    // connection actors alive
-	Rooms       int    `json:"rooms"`       // room actors alive on this node
-	Goroutines  int    `json:"goroutines"`
-	HeapAlloc   uint64 `json:"heap_alloc"`
-	HeapInuse   uint64 `json:"heap_inuse"`
-	Sys         uint64 `json:"sys"`
-	RSSBytes    uint64 `json:"rss_bytes"`
-	NumGC       uint32 `json:"num_gc"`
-
-	// Room counters since start (see actors.Stats).
-	Deliveries uint64 `json:"deliveries"`
-	GapFills   uint64 `json:"gap_fills"`
-	Checks     uint64 `json:"checks"`
-	Resets     uint64 `json:"resets"`
-	SlowKicks  uint64 `json:"slow_kicks"`
-	PubErrors  uint64 `json:"pub_errors"`
-
-	Broker relay.Stats `json:"broker"`
-}
-
-// Stats gathers the node's counters (it stops the world briefly to read
-// memory statistics: an admin call, not a hot path).
-func (n *Node) Stats() Stats {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	as := n.sys.Stats()
-	return Stats{
-		Node:        n.cfg.NodeID,
-		Draining:    n.unready.Load(),
-		UptimeSec:   int64(time.Since(n.started) / time.Second),
-		Connections: n.poller.Len(),
-		Sessions:    as.Connections,
-		Rooms:       as.Rooms,
-		Goroutines:  runtime.NumGoroutine(),
-		HeapAlloc:   ms.HeapAlloc,
-		HeapInuse:   ms.HeapInuse,
-		Sys:         ms.Sys,
-		RSSBytes:    rss(),
-		NumGC:       ms.NumGC,
-		Deliveries:  as.Deliveries,
-		GapFills:    as.GapFills,
-		Checks:      as.Checks,
-		Resets:      as.Resets,
-		SlowKicks:   as.SlowKicks,
-		PubErrors:   as.PubErrors,
-		Broker:      as.Broker,
-	}
-}
-
-// rss reads the resident set size from /proc/self/statm (0 where there is none).
-func rss() uint64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseUint(f[1], 10, 64)
-	return pages * uint64(os.Getpagesize())
 }

@@ -229,6 +229,9 @@ type Node struct {
 	connCount int
 	perAddr   map[netip.Addr]int
 
+	upgrades upgradeCounters // metrics_refusals.go
+	metrics  *metrics        // metrics.go
+
 	// unready turns /readyz to 503 (the first step of a drain); draining
 	// refuses upgrades (after the drain delay).
 	unready  atomic.Bool
@@ -278,6 +281,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), broker: cfg.Broker,
 		origins: origins, anyOrigin: anyOrigin, perAddr: make(map[netip.Addr]int)}
+	n.metrics = newMetrics(n)
 	if n.broker == nil {
 		n.broker = relay.NewMemory(relay.MemoryConfig{})
 	}
@@ -290,6 +294,7 @@ func New(cfg Config) (*Node, error) {
 		MaxQueueFrames: cfg.MaxQueueFrames,
 		PingInterval:   cfg.PingInterval,
 		CloseTimeout:   cfg.CloseTimeout,
+		Written:        n.metrics.observeWritten,
 		Logger:         n.log.With("part", "netpoll"),
 	})
 	if err != nil {
@@ -304,6 +309,7 @@ func New(cfg Config) (*Node, error) {
 		HistoryBytes:    cfg.HistoryBytes,
 		Auth:            cfg.Auth,
 		AuthTimeout:     cfg.AuthTimeout,
+		ObservePublish:  n.metrics.observePublish,
 	})
 	if err != nil {
 		n.poller.Close()
@@ -517,6 +523,7 @@ func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
 	up := ws.HTTPUpgrader{Timeout: n.cfg.HandshakeTimeout}
 	nc, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
+		n.countFailedUpgrade(err)
 		// The upgrader has answered with an HTTP error status already.
 		n.release(a.key)
 		n.log.Debug("upgrade failed", "remote", req.client.String(), "err", err)

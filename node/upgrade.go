@@ -3,9 +3,11 @@ package node
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -150,6 +152,7 @@ func (n *Node) handshake(nc net.Conn) {
 	a, req, err := n.upgradeFast(nc, br, head, plain, peer, proxied)
 	if err != nil {
 		putPeekReader(br)
+		n.countFailedUpgrade(err)
 		n.log.Debug("upgrade failed", "remote", req.client.String(), "err", err)
 		nc.Close()
 		return
@@ -393,5 +396,10 @@ func (n *Node) register(nc net.Conn, buffered []byte, a admission, req *upgradeR
 		sess.HandleClose(err)
 		c.Abort(err)
 		h.release()
+		return
+	}
+	n.upgrades.accepted.Add(1)
+	if n.log.Enabled(context.Background(), slog.LevelDebug) {
+		n.log.Debug("connection open", "conn", c.ID(), "session", sess.ID(), "plain", req.plain, "remote", req.client.String())
 	}
 }
