@@ -30,6 +30,7 @@ const (
 	DefaultRedisBackoffMax      = time.Second
 	DefaultRedisShutdownTimeout = 2 * time.Second
 	DefaultRedisPoolSize        = 32
+	DefaultRedisWaitTimeout     = time.Second
 )
 
 // RedisConfig configures the Redis broker. Exactly one of URL, ClusterAddrs
@@ -50,6 +51,16 @@ type RedisConfig struct {
 	// IdempotencyWindow is how long a message's IdemKey is remembered (one
 	// key per message with a TTL of the window; 0: DefaultIdempotencyWindow).
 	IdempotencyWindow time.Duration
+
+	// WaitReplicas, if positive, makes every publish wait (WAIT) until that
+	// many replicas of the room's master hold it before acknowledging; a
+	// shortfall within WaitTimeout is an error wrapping ErrUnavailable (the
+	// messages are published but may be lost on a failover: retry with the
+	// same ids). 0: acknowledge once the master has it.
+	WaitReplicas int
+	// WaitTimeout bounds the WAIT (0: DefaultRedisWaitTimeout); it must be
+	// below IOTimeout.
+	WaitTimeout time.Duration
 
 	// PresenceTimeout bounds how long a dead node's members stay in
 	// presence (0: DefaultRedisPresenceTimeout). Nodes heartbeat every
@@ -266,6 +277,7 @@ type Redis struct {
 	shards   map[int]*rdsShard            // by slot (-1: the one shard of a non-cluster deployment)
 	rooms    map[string]*rdsShard         // subscribed rooms
 	presence map[string]map[string]Member // this node's members: room -> session -> member
+	leaving  map[string]map[string]Member // removals that failed, retried by the keeper: room -> session -> member
 
 	stateMu sync.Mutex // guards following; held while calling HandleState
 	probeOK bool       // the last probe (PING) succeeded
@@ -315,7 +327,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		return nil, fmt.Errorf("relay: redis: exactly one of URL, ClusterAddrs, Sentinel must be set (got %d)", modes)
 	}
 	if cfg.HistorySize < 0 || cfg.HistoryMaxBytes < 0 || cfg.HistoryTTL < 0 || cfg.IdempotencyWindow < 0 ||
-		cfg.PresenceTimeout < 0 || cfg.PoolSize < 0 {
+		cfg.PresenceTimeout < 0 || cfg.PoolSize < 0 || cfg.WaitReplicas < 0 || cfg.WaitTimeout < 0 {
 		return nil, errors.New("relay: redis: negative size or duration in config")
 	}
 	rdsDefault(&cfg.HistorySize, DefaultHistorySize)
@@ -331,6 +343,10 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	rdsDefault(&cfg.SubscribeWait, DefaultRedisSubscribeWait)
 	rdsDefault(&cfg.BackoffMax, DefaultRedisBackoffMax)
 	rdsDefault(&cfg.ShutdownTimeout, DefaultRedisShutdownTimeout)
+	rdsDefault(&cfg.WaitTimeout, DefaultRedisWaitTimeout)
+	if cfg.WaitReplicas > 0 && cfg.WaitTimeout >= cfg.IOTimeout {
+		return nil, fmt.Errorf("relay: redis: WaitTimeout %v must be below IOTimeout %v", cfg.WaitTimeout, cfg.IOTimeout)
+	}
 	if cfg.PresenceTimeout < 30*time.Millisecond {
 		return nil, fmt.Errorf("relay: redis: PresenceTimeout %v too short", cfg.PresenceTimeout)
 	}
@@ -350,6 +366,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		shards:   map[int]*rdsShard{},
 		rooms:    map[string]*rdsShard{},
 		presence: map[string]map[string]Member{},
+		leaving:  map[string]map[string]Member{},
 	}
 	// MaxRetries -1: go-redis would retry a script after EOF, which may run
 	// a publish twice; the relay retries instead. DialerRetries 1: fail fast
@@ -486,7 +503,7 @@ func (r *Redis) PublishBatch(ctx context.Context, room string, known Position, m
 			args = append(args, "0", b)
 		}
 	}
-	res, err := rdsPublishScript.Run(ctx, r.client, keys, args...).Slice()
+	res, err := r.runPublish(ctx, keys, args)
 	if err != nil {
 		return nil, r.unavailable("publish", room, err)
 	}
@@ -509,6 +526,62 @@ func (r *Redis) PublishBatch(ctx context.Context, room string, known Position, m
 	}
 	r.nPublishes.Add(uint64(published))
 	return out, nil
+}
+
+// runPublish runs the publish script; with WaitReplicas it pipelines WAIT
+// behind it on the same connection (WAIT counts the replicas that hold
+// every write of its connection so far) and fails if too few answered.
+func (r *Redis) runPublish(ctx context.Context, keys []string, args []any) ([]any, error) {
+	if r.cfg.WaitReplicas <= 0 {
+		return rdsPublishScript.Run(ctx, r.client, keys, args...).Slice()
+	}
+	var c *redis.Client
+	if r.cluster != nil {
+		var err error
+		if c, err = r.cluster.MasterForKey(ctx, keys[0]); err != nil {
+			return nil, err
+		}
+	} else {
+		c = r.client.(*redis.Client)
+	}
+	run := func(load bool) ([]any, int64, error) {
+		var script *redis.Cmd
+		var wait *redis.Cmd
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if load {
+				script = rdsPublishScript.Eval(ctx, p, keys, args...)
+			} else {
+				script = rdsPublishScript.EvalSha(ctx, p, keys, args...)
+			}
+			wait = p.Do(ctx, "wait", r.cfg.WaitReplicas, r.cfg.WaitTimeout.Milliseconds())
+			return nil
+		})
+		if err != nil {
+			if script != nil && script.Err() != nil {
+				return nil, 0, script.Err()
+			}
+			return nil, 0, err
+		}
+		res, err := script.Slice()
+		if err != nil {
+			return nil, 0, err
+		}
+		acked, err := wait.Int64()
+		return res, acked, err
+	}
+	res, acked, err := run(false)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// The script did not run; send its source this once.
+		res, acked, err = run(true)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if acked < int64(r.cfg.WaitReplicas) {
+		return nil, fmt.Errorf("published, but %d of %d replicas acknowledged within %v: may be lost on failover, retry with the same ids",
+			acked, r.cfg.WaitReplicas, r.cfg.WaitTimeout)
+	}
+	return res, nil
 }
 
 // Rollover runs the rollback check alone (one script): a room without meta,

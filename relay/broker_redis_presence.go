@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // AddPresence records m in room's presence hash and publishes
@@ -28,6 +30,7 @@ func (r *Redis) AddPresence(ctx context.Context, room string, m Member) error {
 		r.presence[room] = members
 	}
 	members[m.Session] = m
+	r.unleaveLocked(room, m.Session)
 	r.mu.Unlock()
 	if err := r.addPresence(ctx, room, m, first); err != nil {
 		r.mu.Lock()
@@ -43,9 +46,36 @@ func (r *Redis) AddPresence(ctx context.Context, room string, m Member) error {
 	return nil
 }
 
+// unleaveLocked forgets a pending removal of session (it is present again).
+// Lock should be held.
+func (r *Redis) unleaveLocked(room, session string) {
+	if set := r.leaving[room]; set != nil {
+		delete(set, session)
+		if len(set) == 0 {
+			delete(r.leaving, room)
+		}
+	}
+}
+
+// nodeKeysTTL is the TTL of this node's own keys (its room set; the shared
+// heartbeat set too), refreshed by every heartbeat: long enough for the
+// survivors to clean up after a dead node, short enough that nothing
+// stays once every node is gone.
+func (r *Redis) nodeKeysTTL() time.Duration { return 4 * r.cfg.PresenceTimeout }
+
+// presenceTTL is the TTL of a room's presence hash, refreshed by every
+// add and by the keeper for the rooms this node has members in.
+func (r *Redis) presenceTTL() time.Duration { return max(r.cfg.HistoryTTL, r.cfg.PresenceTimeout) }
+
 func (r *Redis) addPresence(ctx context.Context, room string, m Member, first bool) error {
 	if first {
-		if err := r.client.SAdd(ctx, rdsNodeRoomsKey(r.cfg.NodeID), room).Err(); err != nil {
+		key := rdsNodeRoomsKey(r.cfg.NodeID)
+		_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.SAdd(ctx, key, room)
+			p.PExpire(ctx, key, r.nodeKeysTTL())
+			return nil
+		})
+		if err != nil {
 			return r.unavailable("add presence", room, err)
 		}
 	}
@@ -53,9 +83,8 @@ func (r *Redis) addPresence(ctx context.Context, room string, m Member, first bo
 	if err != nil {
 		return fmt.Errorf("relay: redis add presence %q: %w", room, err)
 	}
-	ttl := max(r.cfg.HistoryTTL, r.cfg.PresenceTimeout)
 	err = rdsPresenceAddScript.Run(ctx, r.client, []string{rdsPresKey(room), rdsChannel(room)},
-		m.Session, b, r.pubCmd, ttl.Milliseconds()).Err()
+		m.Session, b, r.pubCmd, r.presenceTTL().Milliseconds()).Err()
 	if err != nil {
 		return r.unavailable("add presence", room, err)
 	}
@@ -63,31 +92,102 @@ func (r *Redis) addPresence(ctx context.Context, room string, m Member, first bo
 }
 
 // RemovePresence removes m (by session) from room's presence and, if it was
-// there, publishes member_left (one script).
+// there, publishes member_left (one script, so member_left is announced at
+// most once per member). The member leaves this node's list at once: it is
+// never announced again. If Redis cannot be reached the removal is kept
+// and retried by the keeper until it succeeds.
 func (r *Redis) RemovePresence(ctx context.Context, room string, m Member) error {
 	if err := rdsCheckRoom(room); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	last := false
 	if members := r.presence[room]; members != nil {
 		delete(members, m.Session)
 		if len(members) == 0 {
 			delete(r.presence, room)
-			last = true
 		}
 	}
 	r.mu.Unlock()
+	if err := r.removePresence(ctx, room, m); err != nil {
+		r.mu.Lock()
+		if _, back := r.presence[room][m.Session]; !back && !r.closed {
+			if r.leaving[room] == nil {
+				r.leaving[room] = map[string]Member{}
+			}
+			r.leaving[room][m.Session] = m
+		}
+		r.mu.Unlock()
+		return r.unavailable("remove presence", room, err)
+	}
+	return nil
+}
+
+// removePresence runs the remove script and, if this node has no member
+// left in room, takes room out of the node's room set.
+func (r *Redis) removePresence(ctx context.Context, room string, m Member) error {
 	err := rdsPresenceRemoveScript.Run(ctx, r.client, []string{rdsPresKey(room), rdsChannel(room)},
 		m.Session, r.pubCmd).Err()
 	if err != nil {
-		return r.unavailable("remove presence", room, err)
+		return err
 	}
+	r.mu.Lock()
+	r.unleaveLocked(room, m.Session)
+	last := len(r.presence[room]) == 0 && len(r.leaving[room]) == 0
+	r.mu.Unlock()
 	if last {
 		// Best effort: a stale entry only costs the reaper one empty scan.
 		_ = r.client.SRem(ctx, rdsNodeRoomsKey(r.cfg.NodeID), room).Err()
 	}
 	return nil
+}
+
+// retryLeaving runs the removals that failed, for the keeper.
+func (r *Redis) retryLeaving(ctx context.Context) {
+	r.mu.Lock()
+	type entry struct {
+		room string
+		m    Member
+	}
+	var all []entry
+	for room, set := range r.leaving {
+		for _, m := range set {
+			all = append(all, entry{room, m})
+		}
+	}
+	r.mu.Unlock()
+	for _, e := range all {
+		if err := r.removePresence(ctx, e.room, e.m); err != nil {
+			r.log.Debug("redis presence removal retry", "room", e.room, "err", err)
+			return
+		}
+	}
+}
+
+// refreshPresence renews the TTL of the presence hashes of the rooms this
+// node has members in, so a member who stays joined longer than the TTL
+// without anyone joining after them is not forgotten.
+func (r *Redis) refreshPresence(ctx context.Context) {
+	r.mu.Lock()
+	rooms := make([]string, 0, len(r.presence))
+	for room := range r.presence {
+		rooms = append(rooms, room)
+	}
+	r.mu.Unlock()
+	ttl := r.presenceTTL()
+	for len(rooms) > 0 {
+		n := min(len(rooms), 500)
+		_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, room := range rooms[:n] {
+				p.PExpire(ctx, rdsPresKey(room), ttl)
+			}
+			return nil
+		})
+		if err != nil {
+			r.log.Debug("redis presence refresh", "err", err)
+			return
+		}
+		rooms = rooms[n:]
+	}
 }
 
 // Presence lists room's members whose node is live (heartbeat within 4/5 of
@@ -129,6 +229,8 @@ func (r *Redis) keep() {
 	defer probe.Stop()
 	hb := time.NewTicker(r.cfg.PresenceTimeout / 5)
 	defer hb.Stop()
+	refresh := time.NewTicker(r.presenceTTL() / 4)
+	defer refresh.Stop()
 	for {
 		select {
 		case <-r.ctx.Done():
@@ -139,6 +241,10 @@ func (r *Redis) keep() {
 			if !r.hbPaused.Load() {
 				r.heartbeat()
 			}
+		case <-refresh.C:
+			ctx, cancel := context.WithTimeout(r.ctx, r.cfg.PresenceTimeout)
+			r.refreshPresence(ctx)
+			cancel()
 		}
 	}
 }
@@ -160,7 +266,8 @@ func (r *Redis) probe() {
 func (r *Redis) heartbeat() {
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.PresenceTimeout)
 	defer cancel()
-	res, err := rdsHeartbeatScript.Run(ctx, r.client, []string{rdsNodesKey}, r.cfg.NodeID, r.deadMS).Slice()
+	res, err := rdsHeartbeatScript.Run(ctx, r.client, []string{rdsNodesKey}, r.cfg.NodeID, r.deadMS,
+		r.nodeKeysTTL().Milliseconds()).Slice()
 	if err != nil {
 		if r.ctx.Err() == nil {
 			r.nErrors.Add(1)
@@ -174,7 +281,11 @@ func (r *Redis) heartbeat() {
 	}
 	if added, _ := res[0].(int64); added == 1 {
 		r.reannounce(ctx)
+	} else {
+		// Keep this node's room set alive as long as the node is.
+		_ = r.client.PExpire(ctx, rdsNodeRoomsKey(r.cfg.NodeID), r.nodeKeysTTL()).Err()
 	}
+	r.retryLeaving(ctx)
 	dead, _ := res[1].([]any)
 	for _, d := range dead {
 		if node, ok := d.(string); ok && node != r.cfg.NodeID {
@@ -206,6 +317,16 @@ func (r *Redis) reannounce(ctx context.Context) {
 			r.log.Debug("redis re-announce", "room", e.room, "err", err)
 		}
 		seen[e.room] = true
+		// A member that left while this ran (its removal found nothing to
+		// remove yet) is removed again, so it is not left behind.
+		r.mu.Lock()
+		_, still := r.presence[e.room][e.m.Session]
+		r.mu.Unlock()
+		if !still {
+			if err := r.removePresence(ctx, e.room, e.m); err != nil {
+				r.log.Debug("redis re-announce: remove departed", "room", e.room, "err", err)
+			}
+		}
 	}
 }
 
@@ -246,7 +367,13 @@ func (r *Redis) leave(ctx context.Context) {
 			all = append(all, entry{room, s})
 		}
 	}
+	for room, set := range r.leaving {
+		for s := range set {
+			all = append(all, entry{room, s})
+		}
+	}
 	clear(r.presence)
+	clear(r.leaving)
 	r.mu.Unlock()
 	var errs []error
 	for _, e := range all {

@@ -82,6 +82,10 @@ type options struct {
 	redisURL, cluster, sentinel string
 	historySize                 int
 	historyTTL, presenceTimeout time.Duration
+	historyMaxBytes             int
+	idempotencyWindow           time.Duration
+	waitReplicas                int
+	waitTimeout                 time.Duration
 	logLevel, logFormat         string
 	gcPercent                   int
 	version, healthcheck        bool
@@ -103,6 +107,10 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.sentinel, "redis-sentinel", "", "Redis Sentinel: master@host:port,host:port,…")
 	fs.IntVar(&o.historySize, "history-size", relay.DefaultHistorySize, "messages kept per room for history and resume")
 	fs.DurationVar(&o.historyTTL, "history-ttl", relay.DefaultHistoryTTL, "a room idle this long forgets its history (its epoch changes)")
+	fs.IntVar(&o.historyMaxBytes, "history-max-bytes", relay.DefaultHistoryMaxBytes, "stored bytes of history kept per room; the oldest messages go first, the newest is always kept")
+	fs.DurationVar(&o.idempotencyWindow, "idempotency-window", relay.DefaultIdempotencyWindow, "a send retried with the same id within this is not published again: it gets the original ack (repeat:true)")
+	fs.IntVar(&o.waitReplicas, "redis-wait-replicas", 0, "with Redis: acknowledge a send only once this many replicas hold it (WAIT); fewer within --redis-wait-timeout: unavailable (0: once the master has it)")
+	fs.DurationVar(&o.waitTimeout, "redis-wait-timeout", relay.DefaultRedisWaitTimeout, "with --redis-wait-replicas: how long a send waits for its replicas")
 	fs.DurationVar(&o.presenceTimeout, "presence-timeout", 15*time.Second, "with Redis: a dead node's members leave presence within this")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 10*time.Second, "deadline for reading a WebSocket upgrade request")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 8<<10, "cap on an upgrade request's header bytes")
@@ -283,6 +291,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err := nodeSecurity(o); err != nil {
 		return err
 	}
+	if o.historyMaxBytes <= 0 || o.idempotencyWindow <= 0 || o.waitReplicas < 0 {
+		return fmt.Errorf("--history-max-bytes and --idempotency-window must be positive, --redis-wait-replicas not negative%s", seeHelp)
+	}
 	if o.gcPercent <= 0 {
 		return fmt.Errorf("--gc-percent must be positive, got %d%s", o.gcPercent, seeHelp)
 	}
@@ -301,6 +312,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		rc.NodeID = o.cfg.NodeID
 		rc.HistorySize = o.historySize
 		rc.HistoryTTL = o.historyTTL
+		rc.HistoryMaxBytes = o.historyMaxBytes
+		rc.IdempotencyWindow = o.idempotencyWindow
+		rc.WaitReplicas = o.waitReplicas
+		rc.WaitTimeout = o.waitTimeout
 		rc.PresenceTimeout = o.presenceTimeout
 		rc.Logger = log.With("part", "redis")
 		b, err := relay.NewRedis(rc)
@@ -310,7 +325,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		o.cfg.Broker = b
 		logBusState(log, b, o.redisURL, o.cluster, o.sentinel)
 	} else {
-		o.cfg.Broker = relay.NewMemory(relay.MemoryConfig{HistorySize: o.historySize, HistoryTTL: o.historyTTL})
+		if o.waitReplicas != 0 {
+			return errors.New("--redis-wait-replicas needs a Redis bus" + seeHelp)
+		}
+		o.cfg.Broker = relay.NewMemory(relay.MemoryConfig{HistorySize: o.historySize, HistoryTTL: o.historyTTL,
+			HistoryMaxBytes: o.historyMaxBytes, IdempotencyWindow: o.idempotencyWindow})
 		log.Info("bus: embedded, this node alone (give --redis to share rooms between nodes)")
 	}
 	n, err := node.New(o.cfg)
