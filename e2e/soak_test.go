@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -33,8 +34,9 @@ const (
 // TestSoak is the chaos soak: two nodes and a Redis with an append-only
 // file, 16 clients in 4 rooms sending with ids and resuming on reconnect,
 // and every 1-3 seconds a fault at random: a client's connection cut, a
-// node SIGTERMed and restarted, Redis stopped (SIGSTOP) for 1-7 seconds,
-// Redis killed and restarted from its append-only file. At the end every
+// node SIGTERMed and restarted, Redis stopped (SIGSTOP) for 1-7 seconds
+// while the other faults go on, Redis killed and restarted from its
+// append-only file. At the end every
 // send must be answered, every acked message in history once, and every
 // client's view of each room equal to history after its join.
 func TestSoak(t *testing.T) {
@@ -50,6 +52,10 @@ func TestSoak(t *testing.T) {
 	tr := startTraffic(users, 250*time.Millisecond)
 	faults := map[string]int{}
 	kinds := []string{faultCut, faultNodeRestart, faultRedisPause, faultRedisRestart}
+	// A Redis pause runs in the background, so node restarts and cuts
+	// happen while Redis is stopped; redisBusy keeps the two Redis faults
+	// apart (a restart waits for the pause to end).
+	redisBusy := make(chan struct{}, 1)
 	start := time.Now()
 	for time.Since(start) < d {
 		time.Sleep(time.Second + time.Duration(rand.Int64N(int64(2*time.Second)))) // time between faults
@@ -60,12 +66,30 @@ func TestSoak(t *testing.T) {
 		case faultNodeRestart:
 			nodes[rand.IntN(len(nodes))].restart()
 		case faultRedisPause:
-			pauseRedis(t, r, time.Second+time.Duration(rand.Int64N(int64(6*time.Second))))
+			select {
+			case redisBusy <- struct{}{}:
+			default:
+				continue // already stopped
+			}
+			pid := redisPID(t, r)
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatalf("SIGSTOP redis: %v", err)
+			}
+			go func() {
+				time.Sleep(time.Second + time.Duration(rand.Int64N(int64(6*time.Second)))) // the pause's length
+				if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+					t.Errorf("SIGCONT redis: %v", err)
+				}
+				<-redisBusy
+			}()
 		case faultRedisRestart:
+			redisBusy <- struct{}{}
 			r.Restart(t)
+			<-redisBusy
 		}
 		faults[kind]++
 	}
+	redisBusy <- struct{}{} // the last pause is over
 	tr.finish()
 	f := check(t, r.URL(), users, rooms)
 	f.Faults = faults
