@@ -12,6 +12,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,9 +40,15 @@ type Config struct {
 	Addrs []string
 	// Name is the user name sent at the upgrade (empty: the node picks one).
 	Name string
-	// Token is sent as the token query parameter at the upgrade, for nodes
-	// that authenticate (empty: none).
+	// Token is the JSON Web Token for nodes with token auth (empty: none).
+	// It is sent as the first frame of every connection
+	// ({"type":"auth","token":…}), not in the URL.
 	Token string
+	// TokenFunc, if set, is called before every connection for a fresh
+	// token (it wins over Token). With it, a connection closed with 1008
+	// "token expired" is resumed with a new token instead of ending the
+	// client.
+	TokenFunc func(ctx context.Context) (string, error)
 	// DialTimeout bounds one connection attempt: TCP, upgrade and welcome
 	// (default 5s).
 	DialTimeout time.Duration
@@ -297,7 +304,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	for _, a := range cfg.Addrs {
-		if _, err := wsURL(a, "", ""); err != nil {
+		if _, err := wsURL(a, ""); err != nil {
 			return nil, fmt.Errorf("client: %w", err)
 		}
 	}
@@ -923,7 +930,7 @@ func (c *Client) ended(cn *conn) {
 		}
 		delete(c.leaves, k)
 	}
-	if fatalClose(cn.closeCode) && !c.closed {
+	if fatalClose(cn.closeCode) && !c.closed && !(c.cfg.TokenFunc != nil && cn.closeCode == ws.StatusPolicyViolation && strings.Contains(cn.closeText, "expired")) {
 		c.fatal(&RefusedError{Addr: cn.addr, CloseCode: int(cn.closeCode), Reason: cn.closeText})
 		return
 	}

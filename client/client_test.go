@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/golang-jwt/jwt/v5"
 
+	"parley/auth"
 	"parley/node"
 	"parley/relay/redistest"
 )
@@ -264,11 +266,12 @@ func TestRefusals(t *testing.T) {
 		status int
 		close  int
 		atDial bool
+		reason string
 	}{
 		{name: "unknown path", cfg: Config{Addrs: []string{"ws://" + n.Addr() + "/nope"}}, status: 404, atDial: true},
-		{name: "bad name", cfg: Config{Addrs: []string{n.Addr()}, Name: "<script>"}, atDial: true},
-		{name: "HTTP 403", cfg: Config{Addrs: []string{forbidden}}, status: 403, atDial: true},
-		{name: "close 1008 after welcome", cfg: Config{Addrs: []string{policy}}, close: 1008},
+		{name: "bad name", cfg: Config{Addrs: []string{n.Addr()}, Name: "<script>"}, atDial: true, reason: "bad name"},
+		{name: "HTTP 403", cfg: Config{Addrs: []string{forbidden}}, status: 403, atDial: true, reason: "token expired"},
+		{name: "close 1008 after welcome", cfg: Config{Addrs: []string{policy}}, close: 1008, reason: "auth revoked"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -293,8 +296,8 @@ func TestRefusals(t *testing.T) {
 			if !errors.As(err, &re) {
 				t.Fatalf("got %v, want a *RefusedError", err)
 			}
-			if re.Status != tc.status || re.CloseCode != tc.close {
-				t.Fatalf("refusal %+v, want status %d close %d", re, tc.status, tc.close)
+			if re.Status != tc.status || re.CloseCode != tc.close || !strings.Contains(re.Reason, tc.reason) {
+				t.Fatalf("refusal %+v, want status %d close %d reason %q", re, tc.status, tc.close, tc.reason)
 			}
 		})
 	}
@@ -409,5 +412,62 @@ func wsServer(t testing.TB, serve func(net.Conn)) string {
 func writeServerFrame(nc net.Conn, op ws.OpCode, p []byte) {
 	if err := ws.WriteFrame(nc, ws.NewFrame(op, true, p)); err != nil {
 		panic(fmt.Sprintf("write: %v", err))
+	}
+}
+
+// TestTokenAuth: with token auth on the node, the client authenticates with
+// its first frame; a bad token is a refusal; with TokenFunc an expired
+// token (close 1008 "token expired") is replaced on a new connection and
+// the rooms resume.
+func TestTokenAuth(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	v, err := auth.New(auth.Config{HS256Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(sub string, ttl time.Duration) string {
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": sub, "exp": time.Now().Add(ttl).Unix()}).SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	n := startNode(t, node.Config{Auth: v})
+
+	if _, err := Dial(ctxT(t, 5*time.Second), Config{Addrs: []string{n.Addr()}, Token: sign("eve", -time.Minute)}); err == nil {
+		t.Fatal("an expired token was accepted")
+	} else if re := (*RefusedError)(nil); !errors.As(err, &re) || re.CloseCode != 1008 {
+		t.Fatalf("expired token: %v, want a refusal with 1008", err)
+	}
+
+	var mu sync.Mutex
+	issued := 0
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, TokenFunc: func(context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		issued++
+		return sign("ann", 2*time.Second), nil // exp has a one-second grain: lives 1-2s
+	}})
+	ca := collect(t, a)
+	b := newClient(t, Config{Addrs: []string{n.Addr()}, Token: sign("bob", time.Hour)})
+	join(t, a, "r")
+	join(t, b, "r")
+	if a.Name() != "ann" {
+		t.Fatalf("name %q, want the token's ann", a.Name())
+	}
+	ca.await(t, 15*time.Second, "a reconnect after the token expired", func() bool { return ca.count(EventReconnected) >= 1 })
+	for _, text := range texts("m", 5) {
+		if _, err := b.Send(ctxT(t, 10*time.Second), "r", text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca.await(t, 10*time.Second, "the messages after the new token", func() bool { return len(ca.messages("r")) == 5 })
+	if a.Err() != nil {
+		t.Fatalf("client ended: %v", a.Err())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if issued < 2 {
+		t.Fatalf("%d tokens issued, want a fresh one per connection", issued)
 	}
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -77,7 +79,7 @@ type frame struct {
 
 // wsURL turns a configured address ("host:port", "ws://host:port" or a URL
 // with a path) into the /ws URL with the client's name.
-func wsURL(addr, name, token string) (string, error) {
+func wsURL(addr, name string) (string, error) {
 	if !strings.Contains(addr, "://") {
 		addr = "ws://" + addr
 	}
@@ -91,30 +93,42 @@ func wsURL(addr, name, token string) (string, error) {
 	if u.Path == "" || u.Path == "/" {
 		u.Path = "/ws"
 	}
-	q := u.Query()
 	if name != "" {
+		q := u.Query()
 		q.Set("name", name)
+		u.RawQuery = q.Encode()
 	}
-	if token != "" {
-		q.Set("token", token)
-	}
-	u.RawQuery = q.Encode()
 	return u.String(), nil
 }
 
 // dial opens a connection to addr and reads its welcome. A refusal comes
 // back as a *RefusedError.
 func dial(ctx context.Context, cfg *Config, addr string) (*conn, error) {
-	u, err := wsURL(addr, cfg.Name, cfg.Token)
+	u, err := wsURL(addr, cfg.Name)
 	if err != nil {
 		return nil, &RefusedError{Addr: addr, Reason: err.Error()}
+	}
+	token := cfg.Token
+	if cfg.TokenFunc != nil {
+		if token, err = cfg.TokenFunc(ctx); err != nil {
+			return nil, fmt.Errorf("client: token for %s: %w", addr, err)
+		}
 	}
 	var reason []byte
 	d := ws.Dialer{
 		Timeout: cfg.DialTimeout,
 		NetDial: cfg.NetDial,
-		OnStatusError: func(status int, r []byte, body io.Reader) {
-			b, _ := io.ReadAll(io.LimitReader(body, 512))
+		OnStatusError: func(status int, r []byte, raw io.Reader) {
+			// raw is the response from its status line on: read its body
+			// as HTTP frames it (Content-Length), not to the end of the
+			// connection.
+			reason = r
+			resp, err := http.ReadResponse(bufio.NewReader(raw), nil)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 			reason = append([]byte(string(r)+": "), b...)
 		},
 	}
@@ -136,6 +150,16 @@ func dial(ctx context.Context, cfg *Config, addr string) (*conn, error) {
 	c := &conn{nc: nc, r: nc, addr: addr, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if br != nil {
 		c.r = io.MultiReader(br, nc)
+	}
+	if token != "" {
+		// With token auth the node speaks only after the auth frame.
+		b, _ := json.Marshal(map[string]string{"type": "auth", "token": token})
+		_ = nc.SetWriteDeadline(time.Now().Add(cfg.DialTimeout))
+		if _, err := nc.Write(textFrame(b)); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("client: %s: auth frame: %w", addr, err)
+		}
+		_ = nc.SetWriteDeadline(time.Time{})
 	}
 	// The welcome comes first; read it here, under the dial deadline.
 	_ = nc.SetReadDeadline(time.Now().Add(cfg.DialTimeout))

@@ -142,18 +142,18 @@ func TestOrderingRules(t *testing.T) {
 // TestWSURL checks how configured addresses become upgrade URLs.
 func TestWSURL(t *testing.T) {
 	cases := []struct {
-		addr, name, token, want string
-		bad                     bool
+		addr, name, want string
+		bad              bool
 	}{
 		{addr: "127.0.0.1:8080", name: "ann", want: "ws://127.0.0.1:8080/ws?name=ann"},
 		{addr: "ws://h:1", want: "ws://h:1/ws"},
 		{addr: "ws://h:1/", name: "a b", want: "ws://h:1/ws?name=a+b"},
-		{addr: "ws://h:1/chat/ws", name: "x", token: "t", want: "ws://h:1/chat/ws?name=x&token=t"},
+		{addr: "ws://h:1/chat/ws?x=1", name: "x", want: "ws://h:1/chat/ws?name=x&x=1"},
 		{addr: "http://h:1", bad: true},
 		{addr: "ws://[::1", bad: true},
 	}
 	for _, tc := range cases {
-		got, err := wsURL(tc.addr, tc.name, tc.token)
+		got, err := wsURL(tc.addr, tc.name)
 		if tc.bad {
 			if err == nil {
 				t.Errorf("wsURL(%q) = %q, want an error", tc.addr, got)
@@ -161,7 +161,7 @@ func TestWSURL(t *testing.T) {
 			continue
 		}
 		if err != nil || got != tc.want {
-			t.Errorf("wsURL(%q, %q, %q) = %q, %v; want %q", tc.addr, tc.name, tc.token, got, err, tc.want)
+			t.Errorf("wsURL(%q, %q) = %q, %v; want %q", tc.addr, tc.name, got, err, tc.want)
 		}
 	}
 }
