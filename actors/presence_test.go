@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
 	"parley/relay"
 	"parley/relay/redistest"
 )
@@ -42,7 +44,7 @@ func (p *presenceCounter) RemovePresence(ctx context.Context, room string, m rel
 // flight. Afterwards every room is gone from this node, no presence entry
 // is left, every member was added and removed exactly once and, on Redis,
 // a member of every room on a second node saw exactly one member_left per
-// member.
+// member; afterwards every Redis key has a TTL.
 func TestPresenceChurnLeavesNothing(t *testing.T) {
 	const rooms, cycles = 20, 1000
 	for _, b := range buses {
@@ -134,6 +136,17 @@ func TestPresenceChurnLeavesNothing(t *testing.T) {
 			}
 			if n := countType(watcher.transcript(), "member_left"); n != cycles {
 				t.Fatalf("%d member_left frames, want %d", n, cycles)
+			}
+			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+			defer rc.Close()
+			keys, err := rc.Keys(ctx, "*").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				if ttl := rc.PTTL(ctx, k).Val(); ttl < 0 {
+					t.Errorf("key %s has no TTL (%v)", k, ttl)
+				}
 			}
 		})
 	}
