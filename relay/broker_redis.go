@@ -231,11 +231,20 @@ type rdsMember struct {
 // Redis is the Broker over Redis (single server, Sentinel or Cluster).
 //
 // Keys, all with the room as hash tag so that one room lives in one slot:
-// parley:{room}:meta (hash epoch, seq), parley:{room}:hist (stream, entry ID
-// "<seq>-0", MAXLEN ~ HistorySize), parley:{room}:pres (hash session ->
-// member JSON), channel parley:{room}:ch; per node parley:node:{id}:rooms
-// (set of rooms it has members in); cluster-wide parley:nodes (sorted set of
-// heartbeats). Every per-room operation is one single-slot Lua script.
+// parley:{room}:meta (hash epoch, seq, bytes), parley:{room}:hist (stream,
+// entry ID "<seq>-0", trimmed exactly to HistorySize entries and
+// HistoryMaxBytes of stored bodies, the newest always kept),
+// parley:{room}:idem:<IdemKey> (string "<epoch> <seq>", one per message with
+// an id), parley:{room}:pres (hash session -> member JSON), channel
+// parley:{room}:ch; per node parley:node:{id}:rooms (set of rooms it has
+// members in); cluster-wide parley:nodes (sorted set of heartbeats). Every
+// per-room operation is one single-slot Lua script. Every key expires: meta
+// and history HistoryTTL after the last publish, idempotency keys after
+// IdempotencyWindow, presence hashes after max(HistoryTTL, PresenceTimeout)
+// (renewed by the keeper while this node has members there), the node's
+// room set and parley:nodes after 4×PresenceTimeout (renewed by every
+// heartbeat); Close deletes this node's own. Reads (History, Presence)
+// write nothing.
 //
 // Goroutines and what they own:
 //   - one keeper goroutine (keep): probes Redis every ProbeInterval,
