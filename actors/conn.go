@@ -10,6 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/gobwas/ws"
 
+	"parley/netpoll"
 	"parley/protocol"
 )
 
@@ -18,7 +19,7 @@ const (
 	closeUnsupported ws.StatusCode = ws.StatusUnsupportedData // 1003
 	closeGoingAway   ws.StatusCode = ws.StatusGoingAway       // 1001
 	closeInternal    ws.StatusCode = ws.StatusInternalServerError
-	closePolicy      ws.StatusCode = ws.StatusPolicyViolation // 1008: auth refused or timed out
+	closePolicy      ws.StatusCode = ws.StatusPolicyViolation // 1008: auth refused or timed out, rate limit kept broken, name taken on /
 )
 
 // conn is the connection actor: one per socket. It alone touches its
@@ -31,8 +32,9 @@ type conn struct {
 	name    string
 	rooms   []string // joined (or joining) rooms
 	plain   bool
-	closing bool // Close/Kick called: send nothing more
-	query   bool // a history or presence request is in flight
+	closing bool          // Close/Kick called: send nothing more
+	query   bool          // a history or presence request is in flight
+	limit   *inboundLimit // rate limit (limits.go); nil until the first frame
 
 	// Drain (see drainStep): told to go, reading stopped, flushes awaited.
 	draining    bool
@@ -62,7 +64,15 @@ func (c *conn) Receive(ctx actor.Context) {
 			c.query = false
 		}
 		if c.plain {
-			c.close(ctx, closeInternal, "lobby unavailable")
+			// Plain mode lives in the lobby: without it, the connection ends.
+			code, reason := closeInternal, "lobby unavailable"
+			if msg.err != nil {
+				c.enqueue(ctx, netpoll.TextFrame([]byte("error: "+msg.err.Message)))
+				if msg.err.Code == protocol.CodeNameTaken {
+					code, reason = closePolicy, "name taken"
+				}
+			}
+			c.close(ctx, code, reason)
 			return
 		}
 		c.enqueue(ctx, msg.frame)
@@ -230,6 +240,9 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 		c.close(ctx, closeUnsupported, "binary frames are not supported")
 		return
 	default:
+		return
+	}
+	if !c.allowFrame(ctx, in.payload) {
 		return
 	}
 	if c.plain {

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"github.com/asynkron/protoactor-go/actor"
+	"golang.org/x/time/rate"
 
 	"parley/protocol"
 )
@@ -17,6 +18,8 @@ type directory struct {
 	props *actor.Props
 	rooms map[string]*dirRoom
 	byID  map[string]string // room actor id -> room name
+	// create is the room creation rate (limits.go).
+	create *rate.Limiter
 }
 
 // dirRoom is the directory's entry for one live room actor.
@@ -26,7 +29,8 @@ type dirRoom struct {
 }
 
 func newDirectory(s *System) actor.Actor {
-	d := &directory{s: s, rooms: make(map[string]*dirRoom), byID: make(map[string]string)}
+	d := &directory{s: s, rooms: make(map[string]*dirRoom), byID: make(map[string]string),
+		create: newCreateLimiter(s.cfg.RoomCreateRate)}
 	d.props = actor.PropsFromProducer(func() actor.Actor { return &room{} },
 		actor.WithMailbox(actor.UnboundedLockfree()))
 	return d
@@ -40,6 +44,10 @@ func (d *directory) Receive(ctx actor.Context) {
 		if e == nil {
 			if msg.kind != opJoin {
 				d.noRoom(ctx, msg)
+				return
+			}
+			if err := d.admitRoom(msg); err != nil {
+				ctx.Send(msg.conn, &dropRoom{room: msg.room, frame: d.s.errFrame(err), err: err})
 				return
 			}
 			pid := ctx.Spawn(d.props)

@@ -132,6 +132,11 @@ func newEnvOn(t *testing.T, cfg Config, b relay.Broker) *testEnv {
 	if cfg.CheckInterval == 0 {
 		cfg.CheckInterval = time.Hour
 	}
+	if cfg.MessageRate == 0 {
+		// Tests that pipeline hundreds of frames are not about the rate
+		// limit (limits_test.go is).
+		cfg.MessageRate = 1e9
+	}
 	cfg.Broker = b
 	sys, err := New(cfg)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"parley/auth"
+	"parley/protocol"
 	"parley/relay"
 )
 
@@ -44,6 +45,9 @@ type (
 		room  string
 		frame []byte
 		query bool
+		// err is the refusal as an error, when there is one: the plain
+		// mode (which has no error frames) says why in a text line.
+		err *protocol.Error
 	}
 )
 

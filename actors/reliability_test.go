@@ -162,10 +162,12 @@ func TestPipelinedSendsThenLeave(t *testing.T) {
 	for _, b := range buses {
 		t.Run(b.name, func(t *testing.T) {
 			bus := b.new(t, "n1")
-			env := newEnvOn(t, Config{PublishBatch: 64}, bus)
+			const n = 2000
+			// Room for every send in the room's queue (the cap is
+			// limits_test.go's subject).
+			env := newEnvOn(t, Config{PublishBatch: 64, Limits: Limits{MaxPublishQueue: n}}, bus)
 			c := env.connect(t, "ann", false)
 			c.join("r")
-			const n = 2000
 			for i := 0; i < n; i++ {
 				c.send(fmt.Sprintf(`{"type":"send","room":"r","text":"m%d","id":"s%d"}`, i, i))
 			}

@@ -50,14 +50,17 @@ type room struct {
 	name     string
 	seq      sequencer
 	members  []*member
-	index    map[string]int // member pid id -> index in members
-	plains   int            // members with plain set
-	joins    uint64         // joins seen (compared by the directory)
-	waiting  []*roomOp      // ops waiting for the subscription
-	gen      uint64         // bumped on every reset: replays started before are void
-	queue    []*roomOp      // sends, and ops ordered behind a connection's sends
-	pending  map[string]int // conn pid id -> its ops in queue or in flight
-	pubBusy  bool           // a publish batch is in flight
+	index    map[string]int     // member pid id -> index in members
+	names    map[string]*member // member name -> member (names are unique per room: limits.go)
+	plains   int                // members with plain set
+	joins    uint64             // joins seen (compared by the directory)
+	waiting  []*roomOp          // ops waiting for the subscription
+	gen      uint64             // bumped on every reset: replays started before are void
+	queue    []*roomOp          // sends, and ops ordered behind a connection's sends
+	pending  map[string]int     // conn pid id -> its ops in queue or in flight
+	pubBusy  bool               // a publish batch is in flight
+	queued   int                // sends in queue (capped: limits.go)
+	queuedB  int                // bytes of text of the sends in queue
 	presQ    []presOp
 	presBusy bool
 	presDone chan struct{} // closed when the presence batch in flight ends
@@ -149,6 +152,7 @@ func (r *room) Receive(ctx actor.Context) {
 	case *roomInit:
 		r.s, r.name = msg.s, msg.name
 		r.index = make(map[string]int)
+		r.names = make(map[string]*member)
 		r.pending = make(map[string]int)
 		ctx.Send(r.s.relayPID, &relay.Subscribe{Room: r.name, PID: ctx.Self()})
 		r.armTimer(ctx)
@@ -264,6 +268,14 @@ func (r *room) op(ctx actor.Context, op *roomOp) {
 		r.checkEmpty(ctx)
 		return
 	}
+	if op.kind == opSend {
+		if r.pubQueueFull(op) {
+			r.queueFull(op)
+			return
+		}
+		r.queued++
+		r.queuedB += len(op.text)
+	}
 	if op.kind == opSend || r.pending[op.conn.Id] > 0 {
 		r.queue = append(r.queue, op)
 		r.pending[op.conn.Id]++
@@ -335,7 +347,13 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 	if ok {
 		m = r.members[i]
 	} else {
+		if r.nameTaken(op) {
+			e := protocol.Errorf(protocol.CodeNameTaken, op.id, "the name %q is taken in room %q: choose another name", op.name, r.name)
+			ctx.Send(op.conn, &dropRoom{room: r.name, frame: r.s.errFrame(e), err: e})
+			return
+		}
 		m = &member{pid: op.conn, out: op.out, name: op.name, user: op.user, session: op.session, plain: op.plain}
+		r.names[m.name] = m
 		r.index[op.conn.Id] = len(r.members)
 		r.members = append(r.members, m)
 		r.s.count.sizes.resize(len(r.members)-1, len(r.members))
@@ -426,6 +444,9 @@ func (r *room) remove(ctx actor.Context, i int, unwatch bool) {
 	r.members = r.members[:last]
 	r.s.count.sizes.resize(last+1, last)
 	delete(r.index, m.pid.Id)
+	if r.names[m.name] == m {
+		delete(r.names, m.name)
+	}
 	if m.plain {
 		r.plains--
 	}
@@ -572,6 +593,10 @@ func (r *room) popQueue() *roomOp {
 	op := r.queue[0]
 	r.queue[0] = nil
 	r.queue = r.queue[1:]
+	if op.kind == opSend {
+		r.queued--
+		r.queuedB -= len(op.text)
+	}
 	if len(r.queue) == 0 {
 		r.queue = nil
 	}

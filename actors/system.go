@@ -61,11 +61,14 @@ type Config struct {
 	// ObservePublish, if set, is called with the duration of every
 	// publish call to the broker (one per batch), failed ones included.
 	ObservePublish func(time.Duration)
+
+	// Limits against clients that ask for too much (limits.go).
+	Limits
 }
 
 // ConnInfo describes an upgraded socket.
 type ConnInfo struct {
-	Name   string // display name, already validated by the node ("" : guest-N)
+	Name   string // display name, already validated by the node ("": a guest name unique on this node)
 	Plain  bool   // seed mode (upgrade at /): raw text in the lobby
 	Remote string // the client's address, for logs
 	// Identity is the user a ?token= on the upgrade authenticated (nil:
@@ -169,7 +172,7 @@ func New(cfg Config) (*System, error) {
 		return nil, errors.New("actors: Broker is required")
 	}
 	if cfg.MaxRoomsPerConn < 0 || cfg.HistoryLimit < 0 || cfg.BrokerTimeout < 0 ||
-		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 || cfg.HistoryBytes < 0 || cfg.AuthTimeout < 0 {
+		cfg.CheckInterval < 0 || cfg.PublishBatch < 0 || cfg.HistoryBytes < 0 || cfg.AuthTimeout < 0 || !cfg.Limits.valid() {
 		return nil, errors.New("actors: limits must not be negative")
 	}
 	if cfg.MaxRoomsPerConn == 0 {
@@ -193,6 +196,7 @@ func New(cfg Config) (*System, error) {
 	if cfg.AuthTimeout == 0 {
 		cfg.AuthTimeout = DefaultAuthTimeout
 	}
+	cfg.setLimitDefaults()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -250,7 +254,9 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 	sess := &Session{sys: s, id: s.prefix + strconv.FormatUint(n, 36), plain: info.Plain}
 	name := info.Name
 	if name == "" {
-		name = "guest-" + strconv.FormatUint(n, 36)
+		// Unique on this node (names are unique per room), and unlikely
+		// to meet the same guest name from another node.
+		name = "guest-" + s.prefix[len(s.cfg.NodeID)+1:len(s.cfg.NodeID)+5] + strconv.FormatUint(n, 36)
 	}
 	sess.pid = s.root.Spawn(s.connProps)
 	s.mu.Lock()

@@ -113,9 +113,7 @@ func (n *Node) admit(req *upgradeRequest) (_ admission, ref *refusal) {
 		// Authenticates with its first frame; the token names it.
 	default:
 		name := queryParam(req.target, "name")
-		if name == "" {
-			name = "guest-" + randomHex(2)
-		} else {
+		if name != "" { // "": the actors pick a guest name unique on the node
 			var err error
 			if name, err = protocol.NormalizeName(name); err != nil {
 				return admission{}, refuse(reasonName, "%v", err)

@@ -76,6 +76,10 @@ type Config struct {
 	// of MaxQueueBytes). More than half of MaxQueueBytes is refused: a
 	// reply must never get its asker closed as a slow consumer.
 	HistoryBytes int
+	// Limits are the per-connection rate limit, the per-room publish queue
+	// cap, and the cap and creation rate of rooms (actors.Limits; zero
+	// values are the defaults given there).
+	Limits actors.Limits
 	// ShutdownGrace bounds a graceful shutdown from its start (drain delay
 	// included): after it, remaining connections are cut (default 10s).
 	ShutdownGrace time.Duration
@@ -310,6 +314,7 @@ func New(cfg Config) (*Node, error) {
 		Auth:            cfg.Auth,
 		AuthTimeout:     cfg.AuthTimeout,
 		ObservePublish:  n.metrics.observePublish,
+		Limits:          cfg.Limits,
 	})
 	if err != nil {
 		n.poller.Close()

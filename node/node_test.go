@@ -17,6 +17,7 @@ import (
 	"github.com/gobwas/ws"
 	"go.uber.org/goleak"
 
+	"parley/actors"
 	"parley/relay"
 )
 
@@ -387,7 +388,9 @@ func TestReadyzWhileDraining(t *testing.T) {
 // 4008 once its queue passes the cap, and the room keeps serving the rest.
 func TestSlowConsumerClosed4008(t *testing.T) {
 	// A long close timeout: the stalled client reads only after the kick.
-	n := startNode(t, Config{MaxQueueBytes: 64 << 10, CloseTimeout: time.Minute})
+	// No rate limit: the sender must outrun the stalled reader's queue.
+	n := startNode(t, Config{MaxQueueBytes: 64 << 10, CloseTimeout: time.Minute,
+		Limits: actors.Limits{MessageRate: 1e6}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stalled, _, _, err := ws.Dial(ctx, "ws://"+n.Addr()+"/ws?name=stalled")

@@ -113,11 +113,7 @@ func Decode(data []byte) (ClientFrame, error) {
 	var f ClientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
 		// Try to recover the id so the error can echo it.
-		var probe struct {
-			ID string `json:"id"`
-		}
-		_ = json.Unmarshal(data, &probe)
-		return f, Errorf(CodeBadRequest, probe.ID, "malformed frame: %v", trimJSONErr(err))
+		return f, Errorf(CodeBadRequest, PeekID(data), "malformed frame: %v", trimJSONErr(err))
 	}
 	switch f.Type {
 	case TypeJoin, TypeLeave, TypeHistory, TypePresence:
@@ -145,6 +141,16 @@ func Decode(data []byte) (ClientFrame, error) {
 		return f, Errorf(CodeBadRequest, f.ID, "limit must not be negative")
 	}
 	return f, nil
+}
+
+// PeekID returns a client frame's id, or "" if it has none or is not JSON:
+// for an error about a frame that is not decoded (rate_limited).
+func PeekID(data []byte) string {
+	var probe struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(data, &probe)
+	return probe.ID
 }
 
 func trimJSONErr(err error) string {

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"parley/actors"
 	"parley/auth"
 	"parley/node"
 	"parley/relay"
@@ -124,6 +125,14 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.DurationVar(&c.FlushDelay, "flush-delay", 0, "batching window before netpoll writes fan-out: more frames per write, that much more latency")
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", 64, "rooms one connection may join")
 	fs.IntVar(&c.HistoryLimit, "history-limit", 100, "messages in one history reply at most")
+	l := &c.Limits
+	fs.Float64Var(&l.MessageRate, "message-rate", actors.DefaultMessageRate, "frames per second one connection may send, sustained; over it: error rate_limited (a text line on /)")
+	fs.IntVar(&l.MessageBurst, "message-burst", 0, "frames one connection may send at once (0: twice --message-rate)")
+	fs.IntVar(&l.RateLimitStrikes, "rate-limit-strikes", actors.DefaultRateLimitStrikes, "frames refused for rate a connection may collect (one forgiven per second) before it is closed 1008")
+	fs.IntVar(&l.MaxPublishQueue, "max-publish-queue", actors.DefaultMaxPublishQueue, "sends a room holds while the bus is busy with its batch; past it: error unavailable at once")
+	fs.IntVar(&l.MaxPublishQueueBytes, "max-publish-queue-bytes", actors.DefaultMaxPublishQueueBytes, "bytes of text a room holds while the bus is busy with its batch; past it: error unavailable at once")
+	fs.IntVar(&l.MaxRooms, "max-rooms", actors.DefaultMaxRooms, "rooms open on this node at once; a join that would open one more: error room_limit")
+	fs.Float64Var(&l.RoomCreateRate, "room-create-rate", actors.DefaultRoomCreateRate, "rooms this node may open per second (burst as many); faster: error room_limit")
 	fs.IntVar(&c.HistoryBytes, "history-bytes", 0, "encoded bytes of messages in one history reply at most; the reply then says more:true (0: 256 KiB or a quarter of --max-queue-bytes, whichever is less; at most half of it)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: the whole drain, --drain-delay included, ends within this; clients still there are cut")
 	fs.DurationVar(&c.DrainDelay, "drain-delay", 3*time.Second, "on SIGTERM/SIGINT: keep serving this long with /readyz answering 503, so a load balancer takes the node out before clients are told to go (a bit longer than its check window: HAProxy inter × fall)")

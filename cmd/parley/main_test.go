@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -38,6 +39,16 @@ func TestParseFlagsAndEnv(t *testing.T) {
 		{"flag wins over env", []string{"--listen", ":7000"}, map[string]string{"PARLEY_LISTEN": ":9000"}, func(o *options) error {
 			if o.cfg.Listen != ":7000" {
 				return errors.New("env overrode the flag")
+			}
+			return nil
+		}, ""},
+		{"limits", []string{"--message-rate", "5", "--max-rooms", "10"}, map[string]string{
+			"PARLEY_RATE_LIMIT_STRIKES": "3", "PARLEY_MAX_PUBLISH_QUEUE": "7", "PARLEY_MAX_PUBLISH_QUEUE_BYTES": "4096",
+			"PARLEY_ROOM_CREATE_RATE": "2.5", "PARLEY_MESSAGE_BURST": "9"}, func(o *options) error {
+			l := o.cfg.Limits
+			if l.MessageRate != 5 || l.MaxRooms != 10 || l.RateLimitStrikes != 3 || l.MaxPublishQueue != 7 ||
+				l.MaxPublishQueueBytes != 4096 || l.RoomCreateRate != 2.5 || l.MessageBurst != 9 {
+				return fmt.Errorf("limits not applied: %+v", l)
 			}
 			return nil
 		}, ""},
