@@ -16,7 +16,9 @@ import (
 	"parley/relay/relaytest"
 )
 
-const waitFor = 5 * time.Second
+// waitFor bounds every wait of the actor tests: generous, for a loaded machine
+// (a replica's first sync alone waits repl-diskless-sync-delay, 5s by default).
+const waitFor = 20 * time.Second
 
 // fakeTransport records frames; it can be made to return ErrQueueFull.
 type fakeTransport struct {
