@@ -175,6 +175,10 @@ const (
 	EventRoomLost
 	// EventReconnected: a new connection is up, on node Node.
 	EventReconnected
+	// EventDisconnected: the connection was lost (Code: the node's close
+	// code, 0 without a close frame; Err: what ended it); the client
+	// reconnects unless it ended (Done).
+	EventDisconnected
 )
 
 // Event is what the client delivers on Events.
@@ -185,8 +189,9 @@ type Event struct {
 	Epoch   string  // EventReset
 	Seq     uint64  // EventReset: the last seq of the new epoch before live messages
 	Member  Member  // EventMemberJoined, EventMemberLeft
-	Node    string  // EventReconnected
-	Err     error   // EventRoomLost
+	Node    string  // EventReconnected, EventDisconnected
+	Code    int     // EventDisconnected
+	Err     error   // EventRoomLost, EventDisconnected
 }
 
 // Stats counts what a client did since it was dialled.
@@ -935,6 +940,7 @@ func (c *Client) ended(cn *conn) {
 		return
 	}
 	c.log.Debug("client: connection lost", "addr", cn.addr, "code", int(cn.closeCode), "err", cn.readErr)
+	c.events.push(Event{Kind: EventDisconnected, Node: cn.node, Code: int(cn.closeCode), Err: cn.readErr})
 	select {
 	case c.down <- struct{}{}:
 	default:

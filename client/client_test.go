@@ -17,6 +17,7 @@ import (
 
 	"parley/auth"
 	"parley/node"
+	"parley/relay"
 	"parley/relay/redistest"
 )
 
@@ -153,10 +154,115 @@ func TestUnansweredSendsResentAfterCut(t *testing.T) {
 		}
 		return got == total
 	})
-	checkOrder(t, cb.messages("r"))
+	got := checkOrder(t, cb.messages("r"))
+	slices.Sort(got)
+	if want := texts("m", total); !slices.Equal(got, sortedCopy(want)) {
+		t.Fatalf("the reader got %d messages, not each of the %d once (a resend published twice?)", len(got), total)
+	}
 	if st := a.Stats(); st.Unanswered != 0 || st.Acks != total {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+func sortedCopy(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// gate is a NetDial whose connections stop reading while it is closed, as
+// a client too slow to read would.
+type gate struct {
+	mu   sync.Mutex
+	open chan struct{} // closed while reads may proceed
+}
+
+func newGate() *gate {
+	g := &gate{open: make(chan struct{})}
+	close(g.open)
+	return g
+}
+
+func (g *gate) block() {
+	g.mu.Lock()
+	g.open = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gate) unblock() {
+	g.mu.Lock()
+	select {
+	case <-g.open:
+	default:
+		close(g.open)
+	}
+	g.mu.Unlock()
+}
+
+func (g *gate) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return gatedConn{Conn: nc, g: g}, nil
+}
+
+type gatedConn struct {
+	net.Conn
+	g *gate
+}
+
+func (c gatedConn) Read(p []byte) (int, error) {
+	c.g.mu.Lock()
+	open := c.g.open
+	c.g.mu.Unlock()
+	<-open
+	return c.Conn.Read(p)
+}
+
+// TestResumeAfterSlowConsumerKick: a client that stops reading is kicked by
+// the node (4008, or the socket closed under a full queue); once it reads
+// again it reconnects, resumes with since and gets every message once.
+func TestResumeAfterSlowConsumerKick(t *testing.T) {
+	// History must hold everything sent while the client is stalled (more
+	// than the sockets' buffers), or the resume is rightly not recovered.
+	bus := relay.NewMemory(relay.MemoryConfig{HistoryMaxBytes: 64 << 20})
+	n := startNode(t, node.Config{Broker: bus, MaxQueueBytes: 256 << 10, MaxQueueFrames: 1024, CloseTimeout: 200 * time.Millisecond})
+	g := newGate()
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "slow", NetDial: g.dial})
+	b := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "fast"})
+	ca := collect(t, a)
+	join(t, a, "r")
+	join(t, b, "r")
+	g.block()
+	// Send until the node kicks the stalled client: what its replay then
+	// holds (the queue it dropped) fits in the queue cap.
+	body := strings.Repeat("x", 16<<10)
+	sent := 0
+	for ; n.Stats().SlowKicks == 0; sent++ {
+		if sent == 5000 {
+			t.Fatal("5000 messages of 16 KiB and the stalled client was not kicked")
+		}
+		if _, err := b.Send(ctxT(t, 10*time.Second), "r", fmt.Sprintf("%04d %s", sent, body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.unblock()
+	ca.await(t, 20*time.Second, "every message after the kick", func() bool {
+		return len(ca.messages("r")) >= sent || ca.count(EventReset) > 0
+	})
+	got := checkOrder(t, ca.messages("r"))
+	for i, text := range got {
+		if !strings.HasPrefix(text, fmt.Sprintf("%04d ", i)) {
+			t.Fatalf("message %d is %.5q", i, text)
+		}
+	}
+	if len(got) != sent || ca.count(EventDisconnected) == 0 || ca.count(EventReconnected) == 0 || ca.count(EventReset) > 0 {
+		t.Fatalf("%d messages of %d, %d disconnects, %d reconnects, %d resets: the slow client was not cut and resumed",
+			len(got), sent, ca.count(EventDisconnected), ca.count(EventReconnected), ca.count(EventReset))
+	}
+	t.Logf("%d messages of 16 KiB before the kick; %d reconnects", sent, ca.count(EventReconnected))
 }
 
 // TestDrainMovesToTheNextNode: two nodes on one Redis; the first drains.
