@@ -131,6 +131,8 @@ func (r *room) Receive(ctx actor.Context) {
 	case *replayDone:
 		r.suspect(ctx, msg.res.Position, msg.err)
 		r.replayed(ctx, msg)
+	case *relay.Disconnect:
+		r.disconnect(msg) // room_control.go
 	case *relay.PresenceDelivery:
 		r.presenceEvent(ctx, msg.Event)
 	case *relay.Resync, *checkTick:

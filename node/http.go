@@ -41,6 +41,7 @@ func (n *Node) publicMux() http.Handler {
 		files.ServeHTTP(w, r)
 	})
 	mux.Handle("GET /static/", files)
+	n.mountAPI(mux) // the server API, when keys are set (api.go)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

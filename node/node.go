@@ -136,11 +136,21 @@ type Config struct {
 	// (pprof and stats are for operators only; default: refuse to start).
 	AdminAllowRemote bool
 
+	// APIKeys turns the server API on (node/api.go, docs/API.md): requests
+	// must carry "Authorization: Bearer <one of these>" (empty: API off).
+	APIKeys []string
+	// APIRate caps API requests per second on this node, with a burst of
+	// the same; over it: 429 (default 200).
+	APIRate float64
+
 	// Logger receives the node's structured logs (nil: discard).
 	Logger *slog.Logger
 }
 
 func (c *Config) setDefaults() {
+	if c.APIRate == 0 {
+		c.APIRate = DefaultAPIRate
+	}
 	if c.Listen == "" {
 		c.Listen = ":8080"
 	}
@@ -269,6 +279,14 @@ func New(cfg Config) (*Node, error) {
 		cfg.HistoryBytes = min(actors.DefaultHistoryBytes, queueBytes/4)
 	case cfg.HistoryBytes > queueBytes/2:
 		return nil, fmt.Errorf("node: history bytes %d over half the queue cap %d: a history reply would risk a 4008 kick", cfg.HistoryBytes, queueBytes)
+	}
+	if cfg.APIRate < 0 {
+		return nil, errors.New("node: API rate must not be negative")
+	}
+	for _, k := range cfg.APIKeys {
+		if len(k) < 16 {
+			return nil, errors.New("node: an API key must be at least 16 characters")
+		}
 	}
 	if cfg.DrainDelay >= cfg.ShutdownGrace {
 		return nil, fmt.Errorf("node: drain delay %s must be shorter than the shutdown grace %s", cfg.DrainDelay, cfg.ShutdownGrace)

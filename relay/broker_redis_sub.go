@@ -271,7 +271,8 @@ func (s *rdsShard) confirm(channel string) {
 
 // dispatch decodes one payload of a room channel and hands it to the
 // handler. Payloads: "m<seq> <epoch> <body JSON>" (message), "j<member
-// JSON>" (member_joined), "l<member JSON>" (member_left).
+// JSON>" (member_joined), "l<member JSON>" (member_left), "k<JSON>"
+// (disconnect, control.go).
 func (s *rdsShard) dispatch(m *redis.Message) {
 	room, ok := rdsRoomOf(m.Channel)
 	if !ok || m.Payload == "" || !s.wants(m.Channel) {
@@ -298,6 +299,8 @@ func (s *rdsShard) dispatch(m *redis.Message) {
 		}
 		s.r.nDeliveries.Add(1)
 		h.HandleMessage(msg)
+	case 'k':
+		s.dispatchDisconnect(h, room, p[1:]) // control.go
 	case 'j', 'l':
 		var mb rdsMember
 		if err := json.Unmarshal([]byte(p[1:]), &mb); err != nil {

@@ -168,6 +168,8 @@ func (a *relayActor) Receive(ctx actor.Context) {
 		if r := a.rooms[msg.e.Room]; r != nil && r.want != nil {
 			ctx.Send(r.want, &PresenceDelivery{Event: msg.e})
 		}
+	case *actorBrokerDisconnect:
+		a.routeDisconnect(ctx, msg) // control.go
 	case *actorBrokerResync:
 		a.log.Info("relay: bus resync: every room checks its position", "rooms", len(a.rooms))
 		for _, r := range a.rooms {

@@ -96,6 +96,8 @@ type options struct {
 	authSecretFile, authPublicKeys string
 	authIssuer, authAudience       string
 	authSecret                     string // PARLEY_AUTH_SECRET only: never a flag, never on a command line
+
+	api apiOptions // the server API (api.go)
 }
 
 func register(fs *flag.FlagSet, o *options) {
@@ -153,6 +155,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.authIssuer, "auth-issuer", "", "with token auth: the iss claim tokens must carry (empty: not checked)")
 	fs.StringVar(&o.authAudience, "auth-audience", "", "with token auth: the aud claim tokens must carry (empty: not checked)")
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", 10*time.Second, "with token auth: close (1008) a connection that has not authenticated this long after its upgrade")
+	registerAPI(fs, o)
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -298,6 +301,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	o.cfg.Logger = log
 	if err := nodeSecurity(o); err != nil {
+		return err
+	}
+	if err := apiConfig(o); err != nil {
 		return err
 	}
 	if o.historyMaxBytes <= 0 || o.idempotencyWindow <= 0 || o.waitReplicas < 0 {
