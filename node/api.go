@@ -28,10 +28,10 @@ import (
 
 // Defaults of the API's limits.
 const (
-	DefaultAPIRate    = 200      // requests per second per node (burst the same)
-	apiMaxID          = 128      // bytes of a message id
-	apiMaxUser        = 256      // bytes of a user in a disconnect
-	apiTimeout        = 5 * time.Second
+	DefaultAPIRate = 200 // requests per second per node (burst the same)
+	apiMaxID       = 128 // bytes of a message id
+	apiMaxUser     = 256 // bytes of a user in a disconnect
+	apiTimeout     = 5 * time.Second
 )
 
 // apiServer serves /api/. Its fields are set by newAPI and read-only after,
