@@ -162,4 +162,19 @@ func TestRedisCluster(t *testing.T) {
 	})
 	publishAll(2)
 	waitAll(10)
+
+	// Idempotency keys live in the room's slot: a keyed batch and its
+	// retry from the other node, on every slot, publish once.
+	for _, room := range rooms {
+		m := Message{From: "ann", Text: "once", ID: "dup"}
+		ps, err := a.PublishBatch(rdsCtx(t), room, Position{}, []Message{m, m})
+		if err != nil || ps[0].Seq != 11 || ps[0].Repeat || ps[1] != (Position{Seq: 11, Epoch: ps[0].Epoch, Repeat: true}) {
+			t.Fatalf("room %s keyed batch: %+v %v", room, ps, err)
+		}
+		m.Room = room
+		if p, err := b.Publish(rdsCtx(t), m); err != nil || p != ps[1] {
+			t.Fatalf("room %s retry from the other node: %+v %v", room, p, err)
+		}
+	}
+	waitAll(11)
 }
