@@ -21,8 +21,8 @@ import (
 // Before the rollback check, the send was acked with seq 4 of the old epoch
 // and every member dropped it as a duplicate, silently.
 func TestFailoverResetsMembers(t *testing.T) {
-	master := redistest.Start(t)
-	rep := redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(master.Port()))
+	master := redistest.Start(t, "--repl-diskless-sync-delay", "0") // a replica syncs at once
+	rep := redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(master.Port()), "--repl-diskless-sync-delay", "0")
 	eventually(t, "replica in sync", func() bool {
 		return strings.Contains(rep.Do(t, "INFO", "replication"), "master_link_status:up")
 	})

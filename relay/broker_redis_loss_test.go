@@ -231,7 +231,7 @@ func TestRedisStoredSize(t *testing.T) {
 // rdsReplica starts a replica of master and waits until it is in sync.
 func rdsReplica(t *testing.T, master *redistest.Server) *redistest.Server {
 	t.Helper()
-	rep := redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(master.Port()))
+	rep := redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(master.Port()), "--repl-diskless-sync-delay", "0")
 	rdsEventually(t, 15*time.Second, func() error {
 		if info := rep.Do(t, "INFO", "replication"); !strings.Contains(info, "master_link_status:up") {
 			return errors.New("replica link not up")
@@ -249,7 +249,7 @@ func rdsReplica(t *testing.T, master *redistest.Server) *redistest.Server {
 // but is answered with ErrUnavailable, and a retry with the same id is
 // recognised as the same message.
 func TestRedisWaitReplicas(t *testing.T) {
-	master := redistest.Start(t)
+	master := redistest.Start(t, "--repl-diskless-sync-delay", "0") // a replica syncs at once
 	rep := rdsReplica(t, master)
 	cfg := rdsTestConfig(master.URL(), "n1")
 	cfg.WaitReplicas, cfg.WaitTimeout = 1, 300*time.Millisecond
@@ -301,7 +301,7 @@ func TestRedisWaitReplicas(t *testing.T) {
 func TestRedisFailoverNoSeqReuse(t *testing.T) {
 	for _, wait := range []int{0, 1} {
 		t.Run(fmt.Sprint("wait=", wait), func(t *testing.T) {
-			master := redistest.Start(t)
+			master := redistest.Start(t, "--repl-diskless-sync-delay", "0") // a replica syncs at once
 			rep := rdsReplica(t, master)
 			proxy := redistest.StartProxy(t, master.Addr())
 			cfg := rdsTestConfig(proxy.URL(), "n1")
