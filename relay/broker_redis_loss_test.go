@@ -252,7 +252,7 @@ func TestRedisWaitReplicas(t *testing.T) {
 	master := redistest.Start(t, "--repl-diskless-sync-delay", "0") // a replica syncs at once
 	rep := rdsReplica(t, master)
 	cfg := rdsTestConfig(master.URL(), "n1")
-	cfg.WaitReplicas, cfg.WaitTimeout = 1, 300*time.Millisecond
+	cfg.WaitReplicas, cfg.WaitTimeout, cfg.IOTimeout = 1, 2*time.Second, 3*time.Second // room for a loaded machine
 	b := rdsNewBroker(t, cfg, nil)
 	ctx := rdsCtx(t)
 	room := rdsRoom("wait")
@@ -274,7 +274,7 @@ func TestRedisWaitReplicas(t *testing.T) {
 		return nil
 	})
 	_, err := b.Publish(ctx, Message{Room: room, From: "ann", ID: "4", Text: "x"})
-	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "0 of 1 replicas") {
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "0 of 1 replicas acknowledged") {
 		t.Fatalf("publish without a replica: %v", err)
 	}
 	hr, err := b.History(ctx, room, HistoryRequest{})
@@ -305,7 +305,7 @@ func TestRedisFailoverNoSeqReuse(t *testing.T) {
 			rep := rdsReplica(t, master)
 			proxy := redistest.StartProxy(t, master.Addr())
 			cfg := rdsTestConfig(proxy.URL(), "n1")
-			cfg.WaitReplicas, cfg.WaitTimeout = wait, 300*time.Millisecond
+			cfg.WaitReplicas, cfg.WaitTimeout, cfg.IOTimeout = wait, 2*time.Second, 3*time.Second
 			h := &rdsRecorder{}
 			b := rdsNewBroker(t, cfg, h)
 			ctx := rdsCtx(t)
