@@ -1117,7 +1117,7 @@ func (c *Client) sendError(p *pendingSend, f *frame) {
 		p.on = nil
 		if r.joined {
 			r.joined = false
-			c.scheduleJoin(r)
+			c.scheduleJoin(r, 0)
 		}
 	default:
 		c.stats.Failed++
@@ -1133,7 +1133,7 @@ func (c *Client) joinError(r *roomState, f *frame) {
 			c.draining = true
 			return
 		}
-		c.scheduleJoin(r)
+		c.scheduleJoin(r, time.Duration(f.RetryAfterMS)*time.Millisecond)
 		return
 	}
 	err := &ServerError{Code: f.Code, Message: f.Message, ID: f.ID}
@@ -1148,12 +1148,16 @@ func (c *Client) joinError(r *roomState, f *frame) {
 	}
 }
 
-// scheduleJoin writes r's join again after a back-off.
-func (c *Client) scheduleJoin(r *roomState) {
+// scheduleJoin writes r's join again after a back-off, or after the
+// node's retry_after if it gave one (after > 0).
+func (c *Client) scheduleJoin(r *roomState, after time.Duration) {
 	if r.retry != nil {
 		return
 	}
 	d := c.backoff(r.attempts)
+	if after > 0 {
+		d = after
+	}
 	r.attempts++
 	cur := c.cur
 	r.retry = time.AfterFunc(d, func() {
