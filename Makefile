@@ -16,7 +16,7 @@ export CLUSTER_NODES CLUSTER_PORT CLUSTER_DIR
 # Docker engine is needed).
 TEST_PACKAGES ?= redis-server redis-tools haproxy chromium docker-compose
 
-.PHONY: help run build test test-deps vet fuzz bench profile soak clean cluster cluster-down
+.PHONY: help run build test test-deps vet lint fuzz bench profile soak clean cluster cluster-down
 .DEFAULT_GOAL := help
 
 ## help: list the make targets
@@ -54,6 +54,7 @@ test-deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	$(GO) mod download
+	$(GO) run $(STATICCHECK) -version >/dev/null
 
 ## vet: formatting, go vet, module checksums
 vet:
@@ -61,6 +62,11 @@ vet:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod verify
+
+## lint: staticcheck (pinned; fetched by the Go toolchain on first use)
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint:
+	$(GO) run $(STATICCHECK) ./...
 
 ## test: install test dependencies, vet, and run every test with the race detector
 test: test-deps vet
@@ -77,6 +83,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./netpoll -run '^$$' -fuzz FuzzAssembler -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./node -run '^$$' -fuzz FuzzHandshake -fuzztime $(FUZZTIME)
 
 ## bench: the benchmark matrix against the Node baseline; rewrites BENCHMARKS.md
 bench:
