@@ -68,7 +68,7 @@ func BenchmarkFanout(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		want := frames.Load() + members
-		if _, err := mem.Publish(context.Background(), relay.Message{Room: "big", From: "x", Text: "hello fan-out"}); err != nil {
+		if _, err := mem.Publish(context.Background(), relay.Message{Room: "big", From: "x", Text: "hello fan-out", TS: time.Now().UnixMilli()}); err != nil {
 			b.Fatal(err)
 		}
 		waitCount(b, &frames, want)

@@ -139,6 +139,10 @@ type Config struct {
 	// APIKeys turns the server API on (node/api.go, docs/API.md): requests
 	// must carry "Authorization: Bearer <one of these>" (empty: API off).
 	APIKeys []string
+	// LimitLogInterval is how often refusals (upgrades, frames, closes by
+	// the server) are logged, one info line per reason at most (default
+	// 10s).
+	LimitLogInterval time.Duration
 	// APIRate caps API requests per second on this node, with a burst of
 	// the same; over it: 429 (default 200).
 	APIRate float64
@@ -148,6 +152,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if c.LimitLogInterval <= 0 {
+		c.LimitLogInterval = DefaultLimitLogInterval
+	}
 	if c.APIRate == 0 {
 		c.APIRate = DefaultAPIRate
 	}
@@ -245,6 +252,8 @@ type Node struct {
 
 	upgrades upgradeCounters // metrics_refusals.go
 	metrics  *metrics        // metrics.go
+	// The limit-log goroutine (metrics_log.go).
+	limitStop, limitDone chan struct{}
 
 	// unready turns /readyz to 503 (the first step of a drain); draining
 	// refuses upgrades (after the drain delay).
@@ -390,7 +399,8 @@ func (n *Node) Start() error {
 	n.pubCh = newChanListener(n.pubLn.Addr())
 	n.serve(n.pub, n.pubCh)
 	go n.acceptLoop()
-	n.log.Info("node listening", "addr", n.pubLn.Addr().String(), "admin", n.AdminAddr())
+	n.startLimitLog()
+	n.log.Info("node listening", n.configAttrs()...) // metrics_log.go
 	return nil
 }
 
@@ -444,6 +454,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 }
 
 func (n *Node) shutdown(ctx context.Context) error {
+	drainStart := time.Now()
 	n.unready.Store(true)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownGrace)
 	defer cancel()
@@ -503,7 +514,8 @@ wait:
 		}
 	}
 	n.serveWG.Wait()
-	n.log.Info("stopped")
+	n.stopLimitLog()
+	n.log.Info("stopped", "drain", time.Since(drainStart).Round(time.Millisecond).String())
 	return errors.Join(errs...)
 }
 
