@@ -29,6 +29,7 @@ type fakeTransport struct {
 	kicked bool
 	closed bool
 	full   bool
+	max    int // >0: a queue that holds max frames and is never written (a client that stopped reading)
 	notify chan struct{}
 	sess   *Session // told of a Kick, as netpoll's HandleClose would
 }
@@ -49,7 +50,7 @@ func (f *fakeTransport) Send(frame []byte) error {
 	if f.closed {
 		return netpoll.ErrClosed
 	}
-	if f.full {
+	if f.full || f.max > 0 && len(f.frames) >= f.max {
 		return netpoll.ErrQueueFull
 	}
 	h, err := ws.ReadHeader(bytes.NewReader(frame))

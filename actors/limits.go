@@ -59,6 +59,10 @@ type Limits struct {
 	// join that would open one more gets error room_limit.
 	MaxRooms       int
 	RoomCreateRate float64
+	// PresenceEventsMaxMembers: in a room with more members than this on
+	// this node, member_joined/member_left are off (0: 1000), so a join
+	// storm costs O(1) frames per member, not O(members): presence_gate.go.
+	PresenceEventsMaxMembers int
 }
 
 // strikeForgiveness is how often one rate-limit strike is forgiven.
@@ -111,11 +115,15 @@ func (c *conn) allowFrame(ctx actor.Context, payload []byte) bool {
 // valid reports whether no limit is negative (or not a number).
 func (cfg *Limits) valid() bool {
 	return cfg.MessageRate >= 0 && cfg.MessageBurst >= 0 && cfg.RateLimitStrikes >= 0 &&
-		cfg.MaxPublishQueue >= 0 && cfg.MaxPublishQueueBytes >= 0 && cfg.MaxRooms >= 0 && cfg.RoomCreateRate >= 0
+		cfg.MaxPublishQueue >= 0 && cfg.MaxPublishQueueBytes >= 0 && cfg.MaxRooms >= 0 && cfg.RoomCreateRate >= 0 &&
+		cfg.PresenceEventsMaxMembers >= 0
 }
 
 // setLimitDefaults fills the zero limits with their defaults.
 func (cfg *Limits) setLimitDefaults() {
+	if cfg.PresenceEventsMaxMembers == 0 {
+		cfg.PresenceEventsMaxMembers = DefaultPresenceEventsMaxMembers
+	}
 	if cfg.MessageRate == 0 {
 		cfg.MessageRate = DefaultMessageRate
 	}

@@ -65,6 +65,7 @@ type room struct {
 	presBusy bool
 	presDone chan struct{} // closed when the presence batch in flight ends
 	queries  int           // history/presence reads in flight
+	presGate presenceGate  // member_joined/member_left on or off (presence_gate.go)
 	timer    *time.Timer
 	steps    []step // scratch
 }
@@ -138,6 +139,7 @@ func (r *room) Receive(ctx actor.Context) {
 	case *relay.Resync, *checkTick:
 		if _, tick := msg.(*checkTick); tick {
 			r.armTimer(ctx)
+			r.presenceTick()
 		}
 		if r.seq.check() {
 			r.s.count.checks.Add(1)
@@ -363,6 +365,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 			r.plains++
 		}
 		ctx.Watch(op.conn)
+		r.presenceResized(m)
 		r.presQ = append(r.presQ, presOp{add: true, m: r.presenceMember(m)})
 		r.runPresence(ctx)
 	}
@@ -427,7 +430,7 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 
 func (r *room) joinedFrame(recovered bool) []byte {
 	return frameOf(protocol.Joined{Type: protocol.TypeJoined, Room: r.name, Seq: r.seq.last,
-		Epoch: r.seq.epoch, Recovered: recovered})
+		Epoch: r.seq.epoch, Recovered: recovered, PresenceEvents: r.presGate.state()})
 }
 
 func (r *room) presenceMember(m *member) relay.Member {
@@ -455,6 +458,7 @@ func (r *room) remove(ctx actor.Context, i int, unwatch bool) {
 	if unwatch {
 		ctx.Unwatch(m.pid)
 	}
+	r.presenceResized(nil)
 	r.presQ = append(r.presQ, presOp{m: r.presenceMember(m)})
 	r.runPresence(ctx)
 }
@@ -718,8 +722,12 @@ func (s *System) applyPresence(b relay.Broker, room string, batch []presOp, log 
 }
 
 // presenceEvent fans a member_joined/member_left out to the local JSON
-// members, except the member the event is about.
+// members, except the member the event is about; nothing while the room is
+// too large for presence events (presence_gate.go).
 func (r *room) presenceEvent(ctx actor.Context, e relay.PresenceEvent) {
+	if r.presGate.off {
+		return
+	}
 	typ := protocol.TypeMemberLeft
 	if e.Joined {
 		typ = protocol.TypeMemberJoined

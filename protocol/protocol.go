@@ -38,9 +38,12 @@ const (
 	TypeLeft         = "left"
 	TypeMemberJoined = "member_joined"
 	TypeMemberLeft   = "member_left"
-	TypeError        = "error"
-	TypePong         = "pong"
-	TypeReconnect    = "reconnect"
+	// TypePresenceEvents says member_joined/member_left switched off or on
+	// in a room (a large room: see PresenceEvents).
+	TypePresenceEvents = "presence_events"
+	TypeError          = "error"
+	TypePong           = "pong"
+	TypeReconnect      = "reconnect"
 	// TypeAuthenticated answers a refresh auth frame.
 	TypeAuthenticated = "authenticated"
 )
@@ -257,6 +260,24 @@ type Joined struct {
 	Seq       uint64 `json:"seq"`
 	Epoch     string `json:"epoch,omitempty"`
 	Recovered bool   `json:"recovered"`
+	// PresenceEvents is PresenceEventsOff when the room is too large for
+	// member_joined/member_left; left out while they are on.
+	PresenceEvents string `json:"presence_events,omitempty"`
+}
+
+// States of presence events in a room (Joined.PresenceEvents, PresenceEvents.State).
+const (
+	PresenceEventsOn  = "on"
+	PresenceEventsOff = "off"
+)
+
+// PresenceEvents tells the members of a room that member_joined and
+// member_left switched off (the room grew too large on this node) or on
+// again (it shrank); either way, a presence request gives the list.
+type PresenceEvents struct {
+	Type  string `json:"type"`
+	Room  string `json:"room"`
+	State string `json:"state"`
 }
 
 // Ack tells a sender that its message was sequenced as Seq.

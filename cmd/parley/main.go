@@ -134,6 +134,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&l.MaxPublishQueue, "max-publish-queue", actors.DefaultMaxPublishQueue, "sends a room holds while the bus is busy with its batch; past it: error unavailable at once")
 	fs.IntVar(&l.MaxPublishQueueBytes, "max-publish-queue-bytes", actors.DefaultMaxPublishQueueBytes, "bytes of text a room holds while the bus is busy with its batch; past it: error unavailable at once")
 	fs.IntVar(&l.MaxRooms, "max-rooms", actors.DefaultMaxRooms, "rooms open on this node at once; a join that would open one more: error room_limit")
+	fs.IntVar(&l.PresenceEventsMaxMembers, "presence-events-max-members", actors.DefaultPresenceEventsMaxMembers, "in a room with more members than this on the node, member_joined/member_left are off (clients are told with presence_events and ask presence)")
 	fs.Float64Var(&l.RoomCreateRate, "room-create-rate", actors.DefaultRoomCreateRate, "rooms this node may open per second (burst as many); faster: error room_limit")
 	fs.IntVar(&c.HistoryBytes, "history-bytes", 0, "encoded bytes of messages in one history reply at most; the reply then says more:true (0: 256 KiB or a quarter of --max-queue-bytes, whichever is less; at most half of it)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM/SIGINT: the whole drain, --drain-delay included, ends within this; clients still there are cut")
