@@ -389,3 +389,47 @@ func TestRedisFailoverNoSeqReuse(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisFailedAddLeavesNoGhost: an add that Redis ran but whose reply
+// was lost (a proxy drops replies; the client times out) is answered with
+// an error; the keeper then removes the member Redis did record, announcing
+// member_left once, so no ghost stays in presence.
+func TestRedisFailedAddLeavesNoGhost(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.StartProxy(t, srv.Addr())
+	obs := &rdsRecorder{}
+	// A presence timeout well above the lost reply's 1s (IOTimeout), so
+	// the watcher does not declare n1 dead meanwhile.
+	cfg := func(url, node string) RedisConfig {
+		c := rdsTestConfig(url, node)
+		c.PresenceTimeout = 5 * time.Second
+		return c
+	}
+	watcher := rdsNewBroker(t, cfg(srv.URL(), "n2"), obs)
+	b := rdsNewBroker(t, cfg(proxy.URL(), "n1"), nil)
+	room := rdsRoom("ghost")
+	if _, err := watcher.Subscribe(rdsCtx(t), room); err != nil {
+		t.Fatal(err)
+	}
+	first := Member{Session: "first", Name: "bob", Node: "n1"}
+	if err := b.AddPresence(rdsCtx(t), room, first); err != nil {
+		t.Fatal(err)
+	}
+	proxy.DropReplies(true)
+	m := Member{Session: "late", Name: "ann", Node: "n1"}
+	err := b.AddPresence(rdsCtx(t), room, m)
+	proxy.DropReplies(false)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("add with its reply lost: %v", err)
+	}
+	rdsEventually(t, 10*time.Second, func() error {
+		evs := obs.roomPres(room)
+		if len(evs) != 3 || evs[1] != (PresenceEvent{room, m, true}) || evs[2] != (PresenceEvent{room, m, false}) {
+			return fmt.Errorf("events %+v, want bob's join, the join Redis ran and one leave", evs)
+		}
+		if ms, err := watcher.Presence(rdsCtx(t), room); err != nil || len(ms) != 1 || ms[0] != first {
+			return fmt.Errorf("presence %+v %v", ms, err)
+		}
+		return nil
+	})
+}

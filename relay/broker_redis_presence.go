@@ -39,11 +39,27 @@ func (r *Redis) AddPresence(ctx context.Context, room string, m Member) error {
 			if len(r.presence[room]) == 0 {
 				delete(r.presence, room)
 			}
+			// The script may have run before the error (a timeout): the
+			// keeper removes the member, announcing member_left only if it
+			// was recorded, so a failed add leaves no ghost.
+			r.leaveLocked(room, m)
 		}
 		r.mu.Unlock()
 		return err
 	}
 	return nil
+}
+
+// leaveLocked records a removal for the keeper to retry. Lock should be
+// held.
+func (r *Redis) leaveLocked(room string, m Member) {
+	if r.closed {
+		return
+	}
+	if r.leaving[room] == nil {
+		r.leaving[room] = map[string]Member{}
+	}
+	r.leaving[room][m.Session] = m
 }
 
 // unleaveLocked forgets a pending removal of session (it is present again).
@@ -110,11 +126,8 @@ func (r *Redis) RemovePresence(ctx context.Context, room string, m Member) error
 	r.mu.Unlock()
 	if err := r.removePresence(ctx, room, m); err != nil {
 		r.mu.Lock()
-		if _, back := r.presence[room][m.Session]; !back && !r.closed {
-			if r.leaving[room] == nil {
-				r.leaving[room] = map[string]Member{}
-			}
-			r.leaving[room][m.Session] = m
+		if _, back := r.presence[room][m.Session]; !back {
+			r.leaveLocked(room, m)
 		}
 		r.mu.Unlock()
 		return r.unavailable("remove presence", room, err)

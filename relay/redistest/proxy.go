@@ -1,9 +1,9 @@
 package redistest
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -16,8 +16,9 @@ import (
 // Its goroutines: one accept loop, and two copy loops per proxied
 // connection; Close stops them all and waits.
 type Proxy struct {
-	ln net.Listener
-	wg sync.WaitGroup // the accept loop and every copy loop
+	ln   net.Listener
+	wg   sync.WaitGroup // the accept loop and every copy loop
+	drop atomic.Bool    // discard what servers send to clients
 
 	mu     sync.Mutex // guards following
 	target string
@@ -58,6 +59,11 @@ func (p *Proxy) Retarget(target string) {
 		_ = c.Close()
 	}
 }
+
+// DropReplies makes the proxy discard what the server sends back while on:
+// commands still reach the server and run, their replies are lost, as in
+// a network partition right after a request was sent.
+func (p *Proxy) DropReplies(on bool) { p.drop.Store(on) }
 
 // Close stops accepting, closes every connection and waits for the
 // proxy's goroutines.
@@ -107,15 +113,27 @@ func (p *Proxy) accept() {
 		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(in, out)
-		go p.pipe(out, in)
+		go p.pipe(in, out, true)
+		go p.pipe(out, in, false)
 	}
 }
 
-// pipe copies from src to dst until either side fails, then closes both.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies from src to dst until either side fails, then closes both;
+// replies (server to client) are discarded while DropReplies is on.
+func (p *Proxy) pipe(dst, src net.Conn, replies bool) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !(replies && p.drop.Load()) {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	_ = dst.Close()
 	_ = src.Close()
 	p.mu.Lock()
