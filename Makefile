@@ -14,7 +14,7 @@ export CLUSTER_NODES CLUSTER_PORT CLUSTER_DIR
 # Redis Cluster test), HAProxy (deployment tests, make cluster), Chromium
 # (the browser test) and docker-compose (to validate the compose file; no
 # Docker engine is needed).
-TEST_PACKAGES ?= redis-server redis-tools haproxy chromium docker-compose
+TEST_PACKAGES ?= redis-server redis-tools haproxy chromium docker-compose prometheus
 
 .PHONY: help run build test test-deps vet lint fuzz bench profile soak clean cluster cluster-down
 .DEFAULT_GOAL := help
@@ -48,6 +48,7 @@ test-deps:
 	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -31,6 +31,8 @@ func debPackage(tool string) string {
 		return "chromium"
 	case "redis-server":
 		return "redis-server"
+	case "promtool":
+		return "prometheus"
 	}
 	return tool
 }

@@ -178,6 +178,9 @@ cmd_up() {
 		servers+=("n$i=$(cat "$dir/n$i.addr")")
 	done
 
+	# A Prometheus config scraping every node's admin /metrics (docs/OPERATIONS.md).
+	sh "$root/deployments/grafana/render-prometheus.sh" "$dir"
+
 	local sport=${CLUSTER_STATS_PORT:-$(free_port)}
 	port_busy "$sport" && die "stats port $sport is busy; set CLUSTER_STATS_PORT to another port"
 	echo "$sport" >"$dir/stats.port"
@@ -201,6 +204,8 @@ Parley: $nodes nodes behind HAProxy, Redis on 127.0.0.1:$rport.
   chat page      http://127.0.0.1:$port/   (open it in two browser windows)
   WebSocket      ws://127.0.0.1:$port/ws?name=alice   (plain: ws://127.0.0.1:$port/)
   HAProxy stats  http://127.0.0.1:$sport/
+  metrics        each node's admin /metrics ($dir/n*.admin); Prometheus: prometheus --config.file=$dir/prometheus.yml
+                 --storage.tsdb.path=$dir/prometheus, Grafana dashboard: deployments/grafana/parley-dashboard.json
   runtime API    echo "show servers state parley" | socat stdio unix-connect:$dir/haproxy.sock
   logs and PIDs  $dir/
 Drain or restart one node (its clients resume on the others, nothing lost):
