@@ -30,7 +30,8 @@
 //     socket; it decodes frames and applies them to the state under
 //     Client.mu) and one writer goroutine (the only one writing its socket;
 //     it drains the connection's queue, pongs included).
-//   - Retry timers (time.AfterFunc) only take Client.mu and queue frames.
+//   - Retry timers (time.AfterFunc) only take Client.mu and queue frames; a
+//     close timer cuts a socket whose close handshake hangs.
 //   - The event pump goroutine alone sends on the Events channel, from an
 //     unbounded queue, so a slow application never stalls the reader.
 //
