@@ -249,7 +249,9 @@ type rdsMember struct {
 // Goroutines and what they own:
 //   - one keeper goroutine (keep): probes Redis every ProbeInterval,
 //     heartbeats every PresenceTimeout/5, cleans up after dead nodes it
-//     claimed, re-announces this node's members if Redis forgot them;
+//     claimed, re-announces this node's members if Redis forgot them,
+//     retries presence removals (and failed adds) that did not reach Redis,
+//     and renews the TTL of the presence hashes this node has members in;
 //   - one goroutine per subscriber shard (rdsShard.run): the only receiver of
 //     its PubSub; it decodes payloads and calls the Handler (never blocking
 //     on anything but the handler), and alone replaces the PubSub after a

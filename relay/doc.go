@@ -8,7 +8,7 @@
 // # Ownership
 //
 //   - A Broker owns its rooms' sequence numbers, epochs, history windows,
-//     presence sets and subscriptions. The memory broker guards all of them
+//     idempotency records, presence sets and subscriptions. The memory broker guards all of them
 //     with one mutex (Memory.mu) and calls the Handler while holding it, so
 //     deliveries of one room reach the handler in seq order; the handler must
 //     not block and must not call back into the broker.
@@ -22,8 +22,9 @@
 //   - The Redis broker's goroutines: one receive loop per subscriber
 //     connection (one on a single server or Sentinel, one per hash slot in
 //     use on a Cluster: sharded pub/sub cannot mix slots on one
-//     connection), and one keeper that probes Redis, heartbeats this node
-//     and reaps dead nodes' presence. Each receive loop alone reads its
+//     connection), and one keeper that probes Redis, heartbeats this node,
+//     reaps dead nodes' presence and retries this node's failed presence
+//     removals. Each receive loop alone reads its
 //     PubSub and never blocks on the Handler. The doc comment on type Redis
 //     lists what each goroutine owns.
 //   - The Handler the relay installs on the Broker only posts to the relay
