@@ -108,6 +108,7 @@ type (
 	}
 	replayDone struct {
 		conn  *actor.PID
+		id    string // the join's id, for its error
 		gen   uint64
 		since uint64
 		epoch string

@@ -382,13 +382,13 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 	}
 	// Replay: hold live frames for m until history is read.
 	m.replaying, m.gen, m.buffered = true, r.gen, nil
-	since, epoch, conn, gen := *op.since, op.epoch, op.conn, r.gen
+	since, epoch, conn, gen, id := *op.since, op.epoch, op.conn, r.gen, op.id
 	b, room, self, root := r.s.cfg.Broker, r.name, ctx.Self(), r.s.root
 	r.s.goTask(func() {
 		cctx, cancel := r.s.brokerCtx()
 		defer cancel()
 		res, err := b.History(cctx, room, relay.HistoryRequest{Since: since})
-		root.Send(self, &replayDone{conn: conn, gen: gen, since: since, epoch: epoch, res: res, err: err})
+		root.Send(self, &replayDone{conn: conn, id: id, gen: gen, since: since, epoch: epoch, res: res, err: err})
 	})
 }
 
@@ -400,6 +400,17 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		return
 	}
 	m := r.members[i]
+	if d.err != nil && d.gen == r.gen {
+		// The bus could not be read now (stopped, restarting): the history
+		// is not lost, so do not say it is. Refuse the join as a failed
+		// subscribe does; the client joins again with the same since.
+		r.s.log.Warn("room: replay read failed, join refused", "room", r.name, "err", d.err)
+		r.remove(ctx, i, true)
+		e := protocol.Errorf(protocol.CodeUnavailable, d.id, "room %q: history unavailable: try again", r.name)
+		ctx.Send(d.conn, &dropRoom{room: r.name, frame: r.s.errFrame(e), err: e})
+		r.checkEmpty(ctx)
+		return
+	}
 	buffered := m.buffered
 	m.replaying, m.buffered = false, nil
 	res := d.res

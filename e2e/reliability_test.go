@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -106,6 +107,45 @@ func TestRedisStallWhileSending(t *testing.T) {
 	if f.Retries == 0 {
 		t.Error("no send was refused while Redis was stopped: the stall was not seen")
 	}
+	if l := f.losses(); len(l) > 0 {
+		t.Errorf("losses: %s", strings.Join(l, "; "))
+	}
+}
+
+// TestResumeWhileRedisStalled: a client misses messages while its network is
+// down, then resumes (join with since) while Redis is stopped, so the node
+// cannot read the history it needs. Once Redis is back the client must
+// still get every message it missed: a resume the node cannot serve now is
+// to be refused and retried, not answered "history lost".
+func TestResumeWhileRedisStalled(t *testing.T) {
+	r := startRedis(t)
+	n := startNode(t, "w1", r.URL())
+	rooms := roomNames(1)
+	a := newUser(t, "away", []string{n.addr}, rooms)
+	b := newUser(t, "here", []string{n.addr}, rooms)
+	for i := 0; i < 10; i++ {
+		b.send(rooms[0])
+	}
+	a.cut.setHold(true)
+	a.cut.cut()
+	for i := 0; i < 10; i++ {
+		b.send(rooms[0]) // missed by a
+	}
+	pid := redisPID(t, r)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	a.cut.setHold(false) // a resumes now, while Redis is stopped
+	time.Sleep(7 * time.Second) // how long Redis stays stopped: past the node's 5s broker timeout
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		b.send(rooms[0])
+	}
+	f := check(t, r.URL(), []*user{a, b}, rooms)
+	t.Logf("resume while Redis is stopped:\n%s", f)
 	if l := f.losses(); len(l) > 0 {
 		t.Errorf("losses: %s", strings.Join(l, "; "))
 	}

@@ -52,9 +52,25 @@ type sendRecord struct {
 type cutter struct {
 	mu    sync.Mutex
 	conns []net.Conn
+	hold  bool // refuse new connections, as a network that stays down
+}
+
+var errHeld = errors.New("e2e: network held down")
+
+// setHold makes new connections fail (true) or work again (false).
+func (c *cutter) setHold(hold bool) {
+	c.mu.Lock()
+	c.hold = hold
+	c.mu.Unlock()
 }
 
 func (c *cutter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	hold := c.hold
+	c.mu.Unlock()
+	if hold {
+		return nil, errHeld
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
