@@ -136,7 +136,7 @@ func TestResumeWhileRedisStalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
-	a.cut.setHold(false) // a resumes now, while Redis is stopped
+	a.cut.setHold(false)        // a resumes now, while Redis is stopped
 	time.Sleep(7 * time.Second) // how long Redis stays stopped: past the node's 5s broker timeout
 	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
