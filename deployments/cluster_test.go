@@ -68,10 +68,11 @@ func TestRollingRestart(t *testing.T) {
 	firstDrain := time.Now()
 	for i := 1; i <= 4; i++ {
 		name := fmt.Sprintf("n%d", i)
-		st, err := c.haproxyStat()
-		if err != nil {
-			t.Fatal(err)
-		}
+		var st map[string]server
+		eventually(t, 20*time.Second, func() (err error) {
+			st, err = c.haproxyStat()
+			return err
+		})
 		r := restart{node: name, sigterm: time.Now(), clientsBusy: st[name].Scur}
 		if i == 1 {
 			firstDrain = r.sigterm
@@ -273,6 +274,33 @@ func TestClusterScript(t *testing.T) {
 	if out, err := c.script("up"); err == nil || !strings.Contains(string(out), "already running") {
 		t.Fatalf("second up: %v\n%s", err, out)
 	}
+	// The runtime API's drain, the alternative to SIGTERM that haproxy.cfg
+	// documents: no new client goes to n2 while it is set to drain.
+	if out, err := c.haproxyCmd("set server parley/n2 state drain"); err != nil || strings.TrimSpace(out) != "" {
+		t.Fatalf("set server state drain: %v %q", err, out)
+	}
+	eventually(t, 5*time.Second, func() error {
+		st, err := c.haproxyStat()
+		if err != nil {
+			return err
+		}
+		if st["n2"].Status != "DRAIN" {
+			return fmt.Errorf("n2 status %q, want DRAIN", st["n2"].Status)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := 0; i < 4; i++ {
+		ch := dialChatter(ctx, t, c.url(), fmt.Sprintf("d%d", i), "lobby")
+		if ch.c.Node() != "n1" {
+			t.Errorf("client %d went to %s while n2 drains", i, ch.c.Node())
+		}
+		ch.close()
+	}
+	if out, err := c.haproxyCmd("set server parley/n2 state ready"); err != nil || strings.TrimSpace(out) != "" {
+		t.Fatalf("set server state ready: %v %q", err, out)
+	}
 	// One node stopped: the other still serves through HAProxy.
 	if out, err := c.script("drain", "n1"); err != nil {
 		t.Fatalf("drain n1: %v\n%s", err, out)
@@ -287,8 +315,6 @@ func TestClusterScript(t *testing.T) {
 		}
 		return nil
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	ch := dialChatter(ctx, t, c.url(), "solo", "lobby")
 	defer ch.close()
 	if ch.c.Node() != "n2" {

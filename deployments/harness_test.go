@@ -145,12 +145,12 @@ type server struct {
 // haproxyStat asks the runtime API for `show stat` and returns backend
 // parley's servers by name.
 func (c *cluster) haproxyStat() (map[string]server, error) {
-	conn, err := net.DialTimeout("unix", filepath.Join(c.dir, "haproxy.sock"), 2*time.Second)
+	conn, err := net.DialTimeout("unix", filepath.Join(c.dir, "haproxy.sock"), 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(conn, "show stat\n"); err != nil {
 		return nil, err
 	}

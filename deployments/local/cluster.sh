@@ -42,12 +42,13 @@ die() {
 # port_busy PORT: something accepts connections on 127.0.0.1:PORT.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# free_port: a port nothing listens on now (the kernel may hand it out later;
-# the caller binds it at once).
+# free_port: a port nothing listens on now, below the kernel's ephemeral
+# range (32768 and up on Linux), so no outgoing connection holds it; the
+# caller binds it at once.
 free_port() {
 	local p i
 	for i in $(seq 1 50); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((20000 + RANDOM % 12000))
 		if ! port_busy "$p"; then
 			echo "$p"
 			return
@@ -166,11 +167,19 @@ cmd_up() {
 	fi
 	echo "$bin" >"$dir/bin"
 
-	local rport=${CLUSTER_REDIS_PORT:-$(free_port)}
-	port_busy "$rport" && die "Redis port $rport is busy; set CLUSTER_REDIS_PORT to another port"
-	echo "$rport" >"$dir/redis.port"
-	launch redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir"
-	wait_for 10 redis port_busy "$rport" || die "redis-server did not start on port $rport; see $dir/redis.log"
+	# A free port can be taken between the look and the bind: with no
+	# CLUSTER_REDIS_PORT given, try another one.
+	local rport attempt
+	redis_listens() { port_busy "$rport" || ! ours redis; }
+	for attempt in 1 2 3 4 5; do
+		rport=${CLUSTER_REDIS_PORT:-$(free_port)}
+		port_busy "$rport" && die "Redis port $rport is busy; set CLUSTER_REDIS_PORT to another port"
+		echo "$rport" >"$dir/redis.port"
+		launch redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir"
+		wait_for 10 redis redis_listens || die "redis-server did not start on port $rport; see $dir/redis.log"
+		ours redis && break
+		[ -z "${CLUSTER_REDIS_PORT:-}" ] && [ "$attempt" -lt 5 ] || die "redis-server could not listen on port $rport; see $dir/redis.log"
+	done
 
 	local servers=() i
 	for i in $(seq 1 "$nodes"); do
@@ -181,7 +190,8 @@ cmd_up() {
 	# A Prometheus config scraping every node's admin /metrics (docs/OPERATIONS.md).
 	sh "$root/deployments/grafana/render-prometheus.sh" "$dir"
 
-	local sport=${CLUSTER_STATS_PORT:-$(free_port)}
+	local sport
+	sport=${CLUSTER_STATS_PORT:-$(free_port)}
 	port_busy "$sport" && die "stats port $sport is busy; set CLUSTER_STATS_PORT to another port"
 	echo "$sport" >"$dir/stats.port"
 	echo "$port" >"$dir/public.port"
