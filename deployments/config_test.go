@@ -97,6 +97,7 @@ func TestHAProxyConfigChoices(t *testing.T) {
 		"level admin",
 		"stats enable",
 		"retry-on conn-failure empty-response 503",
+		"send-proxy-v2 check-send-proxy",
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("haproxy.cfg lacks %q", want)
@@ -205,8 +206,8 @@ func localNodeFlags(t testing.TB) (flags []string, defaultNodes string) {
 	if d == nil {
 		t.Fatal("cluster.sh: default node count not found")
 	}
-	if !strings.Contains(src, `. "$root/deployments/node.env"`) {
-		t.Error("cluster.sh does not source deployments/node.env")
+	if !strings.Contains(src, `done <"$root/deployments/node.env"`) {
+		t.Error("cluster.sh does not read deployments/node.env")
 	}
 	return flags, d[1]
 }
@@ -227,7 +228,7 @@ func TestComposeAgreesWithLocalCluster(t *testing.T) {
 	flags, defNodes := localNodeFlags(t)
 
 	// Per-node settings: what each runner sets besides node.env.
-	perNode := map[string]bool{"PARLEY_LISTEN": true, "PARLEY_ADMIN": true, "PARLEY_NODE_ID": true, "PARLEY_REDIS": true}
+	perNode := map[string]bool{"PARLEY_LISTEN": true, "PARLEY_ADMIN": true, "PARLEY_NODE_ID": true, "PARLEY_REDIS": true, "PARLEY_TRUSTED_PROXIES": true}
 	for _, f := range flags {
 		if !perNode[flagEnv(f)] {
 			t.Errorf("cluster.sh passes --%s to nodes; shared settings belong in node.env, per-node ones are %v", f, slices.Sorted(maps.Keys(perNode)))

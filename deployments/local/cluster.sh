@@ -21,6 +21,8 @@
 #   CLUSTER_REDIS_PORT         Redis port (default: a free one)
 #   CLUSTER_STATS_PORT         HAProxy stats page port (default: a free one)
 #   PARLEY_BIN                 the node binary (default: bin/parley, built if missing)
+#   PARLEY_*                   a node setting (README's configuration table)
+#                              for every node; it wins over deployments/node.env
 #
 # Node and admin ports are picked by the kernel at first start and kept
 # across restarts (HAProxy's config names them). Every process runs in its own
@@ -114,6 +116,16 @@ server_status() {
 
 node_up() { [ "$(server_status "$1")" = "UP" ]; }
 
+# node_env exports the settings of deployments/node.env, except those the
+# environment sets already: PARLEY_MAX_CONNS=100 make cluster changes one.
+node_env() {
+	local key value
+	while IFS='=' read -r key value; do
+		case "$key" in PARLEY_*) ;; *) continue ;; esac
+		[ -n "${!key+x}" ] || export "$key=$value"
+	done <"$root/deployments/node.env"
+}
+
 # start_node NAME: start node NAME (on its recorded address, if any) and wait
 # until it listens.
 start_node() {
@@ -125,12 +137,10 @@ start_node() {
 	touch "$dir/$name.log"
 	local from=$(($(wc -l <"$dir/$name.log") + 1))
 	(
-		set -a
-		# shellcheck source=../node.env
-		. "$root/deployments/node.env"
-		set +a
+		node_env
+		# HAProxy connects from 127.0.0.1 and sends a PROXY protocol header.
 		launch "$name" "$bin" --listen "$listen" --admin 127.0.0.1:0 --node-id "$name" \
-			--redis "redis://127.0.0.1:$(cat "$dir/redis.port")/0"
+			--redis "redis://127.0.0.1:$(cat "$dir/redis.port")/0" --trusted-proxies 127.0.0.1/32
 	)
 	local line=""
 	listening() {
