@@ -3,6 +3,8 @@ package deployments
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
 )
 
 // Figures of the cluster tests, from node.env: a draining node keeps
@@ -387,4 +391,33 @@ func startSleeper(t *testing.T) int {
 		cmd.Wait()
 	})
 	return cmd.Process.Pid
+}
+
+// TestClientAddressThroughHAProxy: the nodes see each client's own address
+// (HAProxy's PROXY protocol header), not HAProxy's: with two connections
+// allowed per address, a third from one address is refused with 429 while
+// another address still gets in.
+func TestClientAddressThroughHAProxy(t *testing.T) {
+	c := startCluster(t, 1, "PARLEY_MAX_CONNS_PER_ADDR=2")
+	dialAs := func(i int) (net.Conn, error) {
+		d := ws.Dialer{NetDial: dialFrom(i), Timeout: 5 * time.Second}
+		conn, _, _, err := d.Dial(context.Background(), c.url()+"?name=a"+strconv.Itoa(i))
+		return conn, err
+	}
+	for k := 0; k < 2; k++ {
+		conn, err := dialAs(0) // 127.0.0.2
+		if err != nil {
+			t.Fatalf("connection %d from 127.0.0.2: %v", k+1, err)
+		}
+		defer conn.Close()
+	}
+	_, err := dialAs(250) // 127.0.0.2 again
+	if err == nil || !strings.Contains(err.Error(), "429") {
+		t.Fatalf("third connection from 127.0.0.2: %v, want 429", err)
+	}
+	conn, err := dialAs(1) // 127.0.0.3
+	if err != nil {
+		t.Fatalf("connection from 127.0.0.3: %v (the node counts HAProxy's address, not the client's?)", err)
+	}
+	conn.Close()
 }

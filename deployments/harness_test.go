@@ -57,6 +57,7 @@ type cluster struct {
 	dir   string // the run folder
 	port  int    // HAProxy's public port
 	nodes int
+	env   []string // extra environment for cluster.sh (PARLEY_* node settings)
 }
 
 // freePort returns a 127.0.0.1 port nothing listens on now.
@@ -72,11 +73,11 @@ func freePort(t testing.TB) int {
 
 // startCluster runs `cluster.sh up` with nodes nodes; `cluster.sh down` runs
 // when the test ends. It fails if the script does not report every node up.
-func startCluster(t testing.TB, nodes int) *cluster {
+func startCluster(t testing.TB, nodes int, env ...string) *cluster {
 	t.Helper()
 	need(t, "haproxy")
 	need(t, "redis-server")
-	c := &cluster{t: t, dir: t.TempDir(), port: freePort(t), nodes: nodes}
+	c := &cluster{t: t, dir: t.TempDir(), port: freePort(t), nodes: nodes, env: env}
 	t.Cleanup(func() {
 		if out, err := c.script("down"); err != nil {
 			t.Errorf("cluster.sh down: %v\n%s", err, out)
@@ -100,6 +101,7 @@ func (c *cluster) script(args ...string) ([]byte, error) {
 		"CLUSTER_PORT="+strconv.Itoa(c.port),
 		"CLUSTER_NODES="+strconv.Itoa(c.nodes),
 		"PARLEY_BIN="+parleyBin)
+	cmd.Env = append(cmd.Env, c.env...)
 	return cmd.CombinedOutput()
 }
 
@@ -262,6 +264,17 @@ func peakRate(samples []sample) (node string, perSec float64) {
 	return node, perSec
 }
 
+// dialFrom dials from loopback source address 127.0.0.(2 + i%250): users
+// come from many addresses, and the nodes, which learn each client's address
+// from HAProxy's PROXY protocol header, count their per-address limits so.
+func dialFrom(i int) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%250))}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: src}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
 // chatter is one client of a load: it records every message it is
 // delivered, per room, and each reconnect.
 type chatter struct {
@@ -367,7 +380,8 @@ func newLoad(t testing.TB, url string, n, rooms int) *load {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := client.Dial(ctx, client.Config{Addrs: []string{url}, Name: fmt.Sprintf("u%03d", i), MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+			c, err := client.Dial(ctx, client.Config{Addrs: []string{url}, Name: fmt.Sprintf("u%03d", i),
+				MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, NetDial: dialFrom(i)})
 			if err != nil {
 				mu.Lock()
 				l.errs = append(l.errs, fmt.Errorf("dial u%03d: %w", i, err))
