@@ -120,7 +120,8 @@ func (c *conn) authFrame(ctx actor.Context, token string) {
 
 // welcome sends the first frame on /ws.
 func (c *conn) welcome(ctx actor.Context) {
-	w := protocol.Welcome{Type: protocol.TypeWelcome, Node: c.s.cfg.NodeID, Session: c.sess.id, Name: c.name}
+	w := protocol.Welcome{Type: protocol.TypeWelcome, Node: c.s.cfg.NodeID, Session: c.sess.id, Name: c.name,
+		MaxMessageSize: c.s.cfg.MaxMessageSize}
 	if id := c.auth.id; id != nil {
 		w.User, w.ExpiresAt = id.User, id.Expires.Unix()
 	}

@@ -42,6 +42,7 @@ type Config struct {
 	Logger          *slog.Logger // nil: discard
 	MaxRoomsPerConn int          // 0: 64
 	HistoryLimit    int          // max messages in one history reply (0: 100)
+	MaxMessageSize  int          // announced in welcome: the socket's inbound message cap (0: not announced)
 	// HistoryBytes caps the encoded messages of one history reply (0: 256
 	// KiB); the reply then says more:true and the client pages on with
 	// before. The newest message asked for is always sent, so paging

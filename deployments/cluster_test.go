@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strconv"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -267,6 +267,7 @@ func victimsIn(l *load, room string, victims map[string]bool) int {
 // one node leaves the others serving, and `down` stops exactly the
 // processes `up` started.
 func TestClusterScript(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 2)
 	// A second cluster on the same port: the port is named.
 	other := &cluster{t: t, dir: t.TempDir(), port: c.port, nodes: 1}
@@ -349,6 +350,7 @@ func TestClusterScript(t *testing.T) {
 // TestClusterDownLeavesOthers: down never signals a process it did not
 // start, even when a recorded PID now belongs to someone else.
 func TestClusterDownLeavesOthers(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	// A process of ours that cluster.sh did not start, recorded under a
 	// stale start time, as after a reboot that reused the PID.
@@ -398,6 +400,7 @@ func startSleeper(t *testing.T) int {
 // allowed per address, a third from one address is refused with 429 while
 // another address still gets in.
 func TestClientAddressThroughHAProxy(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1, "PARLEY_MAX_CONNS_PER_ADDR=2")
 	dialAs := func(i int) (net.Conn, error) {
 		d := ws.Dialer{NetDial: dialFrom(i), Timeout: 5 * time.Second}

@@ -58,6 +58,7 @@ func haproxyEnv(bind, stats, sock string) []string {
 // the server lines a runner appends, and rejects a broken one (so the check
 // can fail).
 func TestHAProxyConfigChecks(t *testing.T) {
+	t.Parallel()
 	need(t, "haproxy")
 	dir := t.TempDir()
 	cfg := renderHAProxy(t, dir, "n1=127.0.0.1:1", "n2=127.0.0.1:2", "n3=127.0.0.1:3", "n4=127.0.0.1:4")
@@ -82,6 +83,7 @@ func TestHAProxyConfigChecks(t *testing.T) {
 // TestHAProxyConfigChoices: the settings the drain and the WebSockets
 // depend on are in the shipped config (each is explained there).
 func TestHAProxyConfigChoices(t *testing.T) {
+	t.Parallel()
 	b, err := os.ReadFile("haproxy/haproxy.cfg")
 	if err != nil {
 		t.Fatal(err)
@@ -175,6 +177,7 @@ func composeConfig(t testing.TB) composeFile {
 // TestComposeConfigValid: docker-compose accepts the compose file, and
 // rejects a broken one (so the check can fail).
 func TestComposeConfigValid(t *testing.T) {
+	t.Parallel()
 	cf := composeConfig(t)
 	if len(cf.Services) == 0 {
 		t.Fatal("no services")
@@ -223,6 +226,7 @@ func flagEnv(flag string) string {
 // HAProxy with the same config file, rendered by the same script, with the
 // same three variables.
 func TestComposeAgreesWithLocalCluster(t *testing.T) {
+	t.Parallel()
 	cf := composeConfig(t)
 	shared := readNodeEnv(t)
 	flags, defNodes := localNodeFlags(t)

@@ -28,7 +28,7 @@ func (n *Node) publicMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", func(w http.ResponseWriter, r *http.Request) {
 		if !isUpgrade(r) {
-			http.Error(w, "this endpoint speaks WebSocket (protocol v1); see docs/PROTOCOL.md", http.StatusUpgradeRequired)
+			n.probeUpgrade(w, r)
 			return
 		}
 		n.upgrade(w, r, false)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -338,6 +339,7 @@ func New(cfg Config) (*Node, error) {
 		MaxRoomsPerConn: cfg.MaxRoomsPerConn,
 		HistoryLimit:    cfg.HistoryLimit,
 		HistoryBytes:    cfg.HistoryBytes,
+		MaxMessageSize:  cmp.Or(cfg.MaxMessageSize, netpoll.DefaultMaxMessageSize),
 		Auth:            cfg.Auth,
 		AuthTimeout:     cfg.AuthTimeout,
 		ObservePublish:  n.metrics.observePublish,
@@ -541,12 +543,7 @@ func (n *Node) drainBatch(told map[*actors.Session]bool) int {
 // with its connection actor, after admit. plain selects the seed-compatible
 // mode. This is the net/http path; upgradeFast (upgrade.go) is the other.
 func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
-	pi, _ := r.Context().Value(peerInfoKey{}).(peerInfo)
-	req := &upgradeRequest{target: r.RequestURI, host: r.Host, plain: plain}
-	if o := r.Header.Values("Origin"); len(o) > 0 {
-		req.origin, req.hasOrigin = o[0], true
-	}
-	req.client = n.clientAddr(pi.peer, pi.proxied, strings.Join(r.Header.Values("X-Forwarded-For"), ","))
+	req := n.requestOf(r, plain)
 	a, ref := n.admit(req)
 	if ref != nil {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -574,6 +571,17 @@ func (n *Node) upgrade(w http.ResponseWriter, r *http.Request, plain bool) {
 		buffered = append(append([]byte(nil), p...), buffered...)
 	}
 	n.register(nc, buffered, a, req)
+}
+
+// requestOf gathers what admission looks at from an HTTP request.
+func (n *Node) requestOf(r *http.Request, plain bool) *upgradeRequest {
+	pi, _ := r.Context().Value(peerInfoKey{}).(peerInfo)
+	req := &upgradeRequest{target: r.RequestURI, host: r.Host, plain: plain}
+	if o := r.Header.Values("Origin"); len(o) > 0 {
+		req.origin, req.hasOrigin = o[0], true
+	}
+	req.client = n.clientAddr(pi.peer, pi.proxied, strings.Join(r.Header.Values("X-Forwarded-For"), ","))
+	return req
 }
 
 // sessionHandler adapts a connection actor's session to netpoll's Handler

@@ -242,6 +242,10 @@ type Welcome struct {
 	// auth only.
 	User      string `json:"user,omitempty"`
 	ExpiresAt int64  `json:"expires_at,omitempty"`
+	// MaxMessageSize is the node's cap on one inbound WebSocket message in
+	// bytes (a whole client frame, JSON included); larger is closed with
+	// 1009. Clients use it to refuse an oversized send themselves.
+	MaxMessageSize int `json:"max_message_size,omitempty"`
 }
 
 // Authenticated answers a refresh auth frame: the connection now lives

@@ -1,135 +1,170 @@
-// Parley's chat page: protocol v1 over /ws (see docs/PROTOCOL.md).
+// Parley's chat page, on parley.js (the resuming client, docs/PROTOCOL.md).
 // Every text from the network is put in the page with textContent, never
-// as HTML, so a message cannot inject markup.
-"use strict";
-(function () {
-  const $ = (id) => document.getElementById(id);
-  let ws = null, room = "", lastSeq = 0, epoch = "", members = new Map(), nextId = 1, retry = 0;
+// as HTML, so a message cannot inject markup. Messages are shown as
+// parley.js delivers them, each seq once: after a reconnect it resumes with
+// since, and the page never asks for history again.
+import { Parley } from "/static/parley.js";
 
-  function line(cls, parts) {
+const $ = (id) => document.getElementById(id);
+let p = null; // the client while joined
+let room = "";
+let members = new Map();
+let sawBacklog = false; // history asked once, at the first join only
+
+function line(cls, parts, attrs) {
+  const li = document.createElement("li");
+  if (cls) li.className = cls;
+  for (const [k, v] of Object.entries(attrs || {})) li.setAttribute(k, v);
+  for (const [c, text] of parts) {
+    const span = document.createElement("span");
+    if (c) span.className = c;
+    span.textContent = text;
+    li.appendChild(span);
+  }
+  const log = $("log");
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.appendChild(li);
+  if (atBottom) log.scrollTop = log.scrollHeight;
+  return li;
+}
+const sys = (text) => line("sys", [["", text]]);
+
+// showMessage appends one message. parley.js delivers each seq once; the
+// backlog (history at the first join) ends where the live messages begin.
+function showMessage(m) {
+  const own = p && m.from === p.name;
+  const t = new Date(m.ts).toLocaleTimeString();
+  line(own ? "msg own" : "msg", [["from", own ? m.from + " (you)" : m.from], ["text", m.text], ["meta", "#" + m.seq + " " + t]],
+    { "data-seq": String(m.seq), "data-from": m.from });
+}
+
+function renderMembers() {
+  const ul = $("members");
+  ul.replaceChildren();
+  for (const m of [...members.values()].sort((a, b) => a.name.localeCompare(b.name))) {
     const li = document.createElement("li");
-    if (cls) li.className = cls;
-    for (const [c, text] of parts) {
-      const span = document.createElement("span");
-      if (c) span.className = c;
-      span.textContent = text;
-      li.appendChild(span);
-    }
-    const log = $("log");
-    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.appendChild(li);
-    if (atBottom) log.scrollTop = log.scrollHeight;
+    li.textContent = m.name;
+    li.dataset.node = m.node;
+    const nd = document.createElement("span");
+    nd.className = "nd";
+    nd.textContent = "@" + m.node;
+    li.appendChild(nd);
+    ul.appendChild(li);
   }
-  const sys = (text) => line("sys", [["", text]]);
+}
 
-  function renderMembers() {
-    const ul = $("members");
-    ul.replaceChildren();
-    for (const m of [...members.values()].sort((a, b) => a.name.localeCompare(b.name))) {
-      const li = document.createElement("li");
-      li.textContent = m.name;
-      const nd = document.createElement("span");
-      nd.className = "nd";
-      nd.textContent = "@" + m.node;
-      li.appendChild(nd);
-      ul.appendChild(li);
-    }
-  }
+function setOnline(on) {
+  $("status").textContent = on ? "online" : (p ? "reconnecting" : "offline");
+  $("status").classList.toggle("online", on);
+  $("text").disabled = !on;
+  checkSize();
+}
 
-  function setOnline(on) {
-    $("status").textContent = on ? "online" : "offline";
-    $("status").classList.toggle("online", on);
-    $("text").disabled = !on;
-    $("send").disabled = !on;
-  }
+function notice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+}
 
-  function connect() {
-    const name = $("name").value.trim();
-    room = $("room").value.trim();
-    $("roomname").textContent = room;
-    const url = new URL("/ws", location.href);
-    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    if (name) url.searchParams.set("name", name);
-    if (ws) { ws.onclose = null; ws.close(); }
-    ws = new WebSocket(url);
-    ws.onopen = () => { retry = 0; };
-    ws.onmessage = (e) => handle(JSON.parse(e.data));
-    ws.onclose = (e) => {
-      setOnline(false);
-      sys("disconnected (" + e.code + (e.reason ? " " + e.reason : "") + ")");
-      const delay = Math.min(10000, 500 * 2 ** retry++);
-      setTimeout(connect, delay);
-    };
-  }
+// checkSize keeps the send button off while the text would not fit the
+// node's message size (from welcome), and says how much is left.
+function checkSize() {
+  const text = $("text").value;
+  const fits = !p || p.fits(room, text);
+  $("size").classList.toggle("over", !fits);
+  $("size").textContent = p && p.maxMessageSize && text.length > 0
+    ? (fits ? "" : "too long: ") + new TextEncoder().encode(text).length + " / " + p.maxMessageSize + " bytes"
+    : "";
+  $("send").disabled = $("text").disabled || !text || !fits;
+}
 
-  function send(obj) { if (ws && ws.readyState === 1) ws.send(JSON.stringify(obj)); }
-
-  function handle(f) {
-    switch (f.type) {
-      case "welcome":
-        $("node").textContent = "you are " + f.name + " on node " + f.node;
-        if ($("name").value.trim() === "") $("name").value = f.name;
-        const join = { type: "join", room: room };
-        if (lastSeq > 0 && epoch) { join.since = lastSeq; join.epoch = epoch; }
-        send(join);
-        break;
-      case "joined":
-        if (f.room !== room) break;
-        epoch = f.epoch || "";
-        if (!f.recovered) sys("some messages could not be recovered");
-        if (lastSeq === 0 || !f.recovered) lastSeq = f.seq;
-        setOnline(true);
-        sys("joined " + f.room);
-        send({ type: "presence", room: room });
-        if (lastSeq === f.seq && f.seq > 0) send({ type: "history", room: room, before: f.seq + 1, limit: 20 });
-        break;
-      case "history":
-        for (const m of f.messages || []) showMessage(m);
-        break;
-      case "message":
-        if (f.room !== room) break;
-        if (f.seq > lastSeq) lastSeq = f.seq;
-        showMessage(f);
-        break;
-      case "presence":
-        members = new Map((f.members || []).map((m) => [m.name + "@" + m.node, m]));
-        renderMembers();
-        break;
-      case "member_joined":
-        members.set(f.name + "@" + (f.node || ""), { name: f.name, node: f.node || "" });
-        renderMembers();
-        sys(f.name + " joined");
-        break;
-      case "member_left":
-        members.delete(f.name + "@" + (f.node || ""));
-        renderMembers();
-        sys(f.name + " left");
-        break;
-      case "error":
-        line("err", [["", "error " + f.code + ": " + f.message]]);
-        break;
-      case "reconnect":
-        sys("node asks to reconnect: " + f.reason);
-        break;
-    }
-  }
-
-  function showMessage(m) {
-    const t = new Date(m.ts).toLocaleTimeString();
-    line("", [["from", m.from], ["", m.text], ["meta", "#" + m.seq + " " + t]]);
-  }
-
-  $("login").addEventListener("submit", (e) => {
-    e.preventDefault();
-    lastSeq = 0; epoch = "";
-    $("log").replaceChildren();
-    connect();
+function join() {
+  const name = $("name").value.trim();
+  room = $("room").value.trim();
+  $("roomname").textContent = room;
+  $("log").replaceChildren();
+  members = new Map();
+  renderMembers();
+  notice("");
+  sawBacklog = false;
+  p = new Parley({ name });
+  p.on("welcome", (w) => {
+    $("node").textContent = "you are " + w.name + " on node " + w.node;
+    $("node").dataset.node = w.node;
+    if (!$("name").value.trim()) $("name").value = w.name;
+    // The input cannot hold more characters than the node takes bytes.
+    if (w.maxMessageSize) $("text").maxLength = w.maxMessageSize;
   });
-  $("composer").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const text = $("text").value;
-    if (!text) return;
-    send({ type: "send", room: room, text: text, id: "c" + nextId++ });
-    $("text").value = "";
+  p.on("status", (s) => {
+    setOnline(s.state === "online");
+    if (s.state === "offline") sys("disconnected (" + s.reason + "), reconnecting…");
   });
-})();
+  p.on("joined", async (j) => {
+    sys((sawBacklog ? "rejoined " : "joined ") + j.room + " on node " + p.node);
+    if (!sawBacklog) {
+      sawBacklog = true;
+      if (j.seq > 0) {
+        try {
+          for (const m of await p.history(j.room, j.seq + 1, 20)) showMessage(Object.assign({ epoch: j.epoch }, m));
+        } catch (e) { /* offline again: the live messages still come */ }
+      }
+    }
+    try {
+      members = new Map((await p.presence(j.room)).map((m) => [m.name + "@" + m.node, m]));
+      renderMembers();
+    } catch (e) { /* refreshed on the next join */ }
+  });
+  p.on("message", showMessage);
+  p.on("reset", (r) => sys("some messages of " + r.room + " were lost (the bus restarted); continuing"));
+  p.on("member_joined", (m) => {
+    members.set(m.name + "@" + m.node, m);
+    renderMembers();
+    sys(m.name + " joined");
+  });
+  p.on("member_left", (m) => {
+    members.delete(m.name + "@" + m.node);
+    renderMembers();
+    sys(m.name + " left");
+  });
+  p.on("reconnect", (r) => sys("node " + p.node + " is going away (" + r.reason + "); moving to another"));
+  p.on("error", (e) => line("err", [["", "error " + e.code + ": " + e.message]]));
+  p.on("refused", (r) => {
+    notice("The server refused you: " + r.reason);
+    stop();
+  });
+  p.join(room).catch((e) => line("err", [["", "could not join " + room + ": " + e.message]]));
+  $("connect").disabled = true;
+  $("leave").disabled = false;
+  $("name").disabled = $("room").disabled = true;
+}
+
+function stop() {
+  if (p) p.close();
+  p = null;
+  setOnline(false);
+  $("node").textContent = "";
+  $("connect").disabled = false;
+  $("leave").disabled = true;
+  $("name").disabled = $("room").disabled = false;
+}
+
+$("login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  join();
+});
+$("leave").addEventListener("click", async () => {
+  if (!p) return;
+  try { await p.leave(room); } catch (e) { /* closing anyway */ }
+  sys("you left " + room);
+  members = new Map();
+  renderMembers();
+  stop();
+});
+$("text").addEventListener("input", checkSize);
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("text").value;
+  if (!text || !p || !p.fits(room, text)) return;
+  $("text").value = "";
+  checkSize();
+  p.send(room, text).catch((err) => line("err", [["", "not sent: " + err.message]]));
+});
