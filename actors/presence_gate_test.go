@@ -106,6 +106,9 @@ func TestJoinStormPresenceBounded(t *testing.T) {
 			t.Fatalf("member %d: joined %v", i, j)
 		}
 	}
+	if k := env.sys.Stats().SlowKicks; k != 0 {
+		t.Fatalf("%d members kicked as slow consumers during the join storm", k)
+	}
 	stay, leave := cs[:max/2], cs[max/2:]
 	for _, c := range leave {
 		c.send(`{"type":"leave","room":"big"}`)
