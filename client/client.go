@@ -60,9 +60,10 @@ type Config struct {
 	// brings nothing, not even a pong, for three intervals is taken as lost
 	// (default 15s).
 	PingInterval time.Duration
-	// MaxMessageSize is the node's --max-message-size: a send whose frame
-	// would be larger fails with ErrTooLarge instead of costing the
-	// connection a 1009 close (default 64 KiB).
+	// MaxMessageSize caps a send's frame: a larger send fails with
+	// ErrTooLarge instead of costing the connection a 1009 close. The
+	// node's welcome says its limit (max_message_size); the client uses the
+	// smaller of the two (default: the node's, else 64 KiB).
 	MaxMessageSize int
 	// NetDial, if set, opens the TCP connections (tests use it to cut them).
 	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -297,8 +298,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	def(&cfg.MinBackoff, DefaultMinBackoff)
 	def(&cfg.MaxBackoff, DefaultMaxBackoff)
 	def(&cfg.PingInterval, DefaultPingInterval)
-	if cfg.MaxMessageSize == 0 {
-		cfg.MaxMessageSize = DefaultMaxMessageSize
+	if cfg.MaxMessageSize < 0 {
+		return nil, fmt.Errorf("client: MaxMessageSize %d is negative", cfg.MaxMessageSize)
 	}
 	if cfg.MinBackoff > cfg.MaxBackoff {
 		return nil, fmt.Errorf("client: MinBackoff %v above MaxBackoff %v", cfg.MinBackoff, cfg.MaxBackoff)
@@ -555,7 +556,7 @@ func (c *Client) SendID(ctx context.Context, room, id, text string) (Ack, error)
 	} else {
 		c.n++
 	}
-	if b, _ := json.Marshal(protocol.ClientFrame{Type: protocol.TypeSend, Room: room, Text: text, ID: id}); len(b) > c.cfg.MaxMessageSize {
+	if b, _ := json.Marshal(protocol.ClientFrame{Type: protocol.TypeSend, Room: room, Text: text, ID: id}); len(b) > c.maxMessage() {
 		c.mu.Unlock()
 		return Ack{}, fmt.Errorf("client: send to %q: %d bytes: %w", room, len(b), ErrTooLarge)
 	}
@@ -579,6 +580,20 @@ func (c *Client) SendID(ctx context.Context, room, id, text string) (Ack, error)
 		r := <-p.res // answered meanwhile
 		return r.ack, r.err
 	}
+}
+
+// maxMessage is the largest send frame: the smaller of the node's limit
+// (from the current connection's welcome) and Config.MaxMessageSize, or
+// DefaultMaxMessageSize when neither is known. The lock must be held.
+func (c *Client) maxMessage() int {
+	limit := c.cfg.MaxMessageSize
+	if c.cur != nil && c.cur.maxMessage > 0 && (limit == 0 || c.cur.maxMessage < limit) {
+		limit = c.cur.maxMessage
+	}
+	if limit == 0 {
+		limit = DefaultMaxMessageSize
+	}
+	return limit
 }
 
 // finish ends a pending send with r.

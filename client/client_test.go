@@ -427,6 +427,16 @@ func TestJoinAndSendErrors(t *testing.T) {
 	if _, err := a.Send(ctxT(t, 5*time.Second), "elsewhere", "x"); !errors.As(err, &se) || se.Code != "not_joined" {
 		t.Fatalf("send to a room not joined: %v, want not_joined", err)
 	}
+	// Without a configured limit, the node's (from welcome) applies.
+	n2 := startNode(t, node.Config{NodeID: "c2", MaxMessageSize: 2000})
+	b := newClient(t, Config{Addrs: []string{n2.Addr()}})
+	join(t, b, "one")
+	if _, err := b.Send(ctxT(t, 5*time.Second), "one", strings.Repeat("x", 2000)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("send over the node's limit: %v, want ErrTooLarge", err)
+	}
+	if _, err := b.Send(ctxT(t, 5*time.Second), "one", strings.Repeat("x", 1800)); err != nil {
+		t.Fatalf("send under the node's limit: %v", err)
+	}
 	if err := a.Leave(ctxT(t, 5*time.Second), "one"); err != nil {
 		t.Fatal(err)
 	}

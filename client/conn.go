@@ -34,6 +34,8 @@ type conn struct {
 	node    string // from welcome
 	session string
 	name    string
+	// maxMessage is the node's max_message_size from welcome (0: not said).
+	maxMessage int
 
 	mu      sync.Mutex // guards the following
 	out     [][]byte   // complete, masked frames waiting for the writer
@@ -75,6 +77,7 @@ type frame struct {
 	More         bool              `json:"more"`
 	Messages     []json.RawMessage `json:"messages"`
 	Members      []Member          `json:"members"`
+	MaxMessage   int               `json:"max_message_size"`
 }
 
 // wsURL turns a configured address ("host:port", "ws://host:port" or a URL
@@ -180,7 +183,7 @@ func dial(ctx context.Context, cfg *Config, addr string) (*conn, error) {
 			nc.Close()
 			return nil, &RefusedError{Addr: addr, Reason: fmt.Sprintf("first frame is not a welcome: %.80q", payload)}
 		}
-		c.node, c.session, c.name = f.Node, f.Session, f.Name
+		c.node, c.session, c.name, c.maxMessage = f.Node, f.Session, f.Name, f.MaxMessage
 		break
 	}
 	_ = nc.SetReadDeadline(time.Time{})
