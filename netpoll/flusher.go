@@ -101,7 +101,10 @@ func (f *flusher) run() {
 // on this conn before the flusher gets to it. It never writes on the
 // caller's goroutine and never blocks: fan-out calls it for every member.
 // Errors are Enqueue's.
-func (c *Conn) Send(frame []byte) error {
+func (c *Conn) Send(frame []byte) error { return c.send(frame, 0) }
+
+// send is Send; at != 0 also traces the frame (SendTraced, stats.go).
+func (c *Conn) send(frame []byte, at int64) error {
 	c.mu.Lock()
 	if c.flags&(fClosing|fFinished) != 0 {
 		c.mu.Unlock()
@@ -110,6 +113,9 @@ func (c *Conn) Send(frame []byte) error {
 	if err := c.pushLocked(frame, true); err != nil {
 		c.mu.Unlock()
 		return err
+	}
+	if q := c.out; at != 0 && q != nil && q.traceLeft == 0 {
+		q.traceLeft, q.traceAt = q.bytes, at
 	}
 	// A conn waiting for EPOLLOUT is flushed by a worker when writable.
 	list := c.flags&(fFlushQueued|fWantOut) == 0

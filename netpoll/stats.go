@@ -103,30 +103,10 @@ func (p *Poller) QueuedBytes() int64 {
 // plain Send. Fan-out traces one member per message, so the hook costs
 // nothing per delivery.
 func (c *Conn) SendTraced(frame []byte, at int64) error {
-	if c.p.cfg.Written == nil || at == 0 {
-		return c.Send(frame)
+	if c.p.cfg.Written == nil || len(frame) == 0 {
+		at = 0
 	}
-	c.mu.Lock()
-	if c.flags&(fClosing|fFinished) != 0 {
-		c.mu.Unlock()
-		return ErrClosed
-	}
-	if err := c.pushLocked(frame, true); err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	if q := c.out; q.traceLeft == 0 && len(frame) > 0 {
-		q.traceLeft, q.traceAt = q.bytes, at
-	}
-	list := c.flags&(fFlushQueued|fWantOut) == 0
-	if list {
-		c.flags |= fFlushQueued
-	}
-	c.mu.Unlock()
-	if list {
-		c.p.flush.schedule(c)
-	}
-	return nil
+	return c.send(frame, at)
 }
 
 // written advances q by n written bytes and reports a traced frame that
