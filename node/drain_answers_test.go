@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"parley/actors"
 	"parley/relay"
 	"parley/relay/relaytest"
 )
@@ -18,7 +19,8 @@ import (
 // is not read: no answer, and the close still comes.
 func TestDrainAnswersFramesAlreadyRead(t *testing.T) {
 	fb := relaytest.Wrap(relay.NewMemory(relay.MemoryConfig{}))
-	n := startNode(t, Config{Broker: fb, ShutdownGrace: 8 * time.Second})
+	// No rate limit: the client pipelines 200 sends and a ping at once.
+	n := startNode(t, Config{Broker: fb, ShutdownGrace: 8 * time.Second, Limits: actors.Limits{MessageRate: 1e6}})
 	c := dial(t, n, "/ws?name=ann")
 	c.await("welcome")
 	c.joinRoom("r")
