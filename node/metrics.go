@@ -103,6 +103,7 @@ var (
 	descGapFills    = desc("parley_gap_fills_total", "History reads to fill a gap in a room's live stream.")
 	descChecks      = desc("parley_position_checks_total", "History reads for a resync or a periodic position check.")
 	descResets      = desc("parley_room_resets_total", "Room resets: the room's epoch changed (history lost), members got joined{recovered:false}.")
+	descRollovers   = desc("parley_rollovers_total", "New epochs this node started because the bus went back in time (a failover lost writes it had delivered).")
 	descPubErrors   = desc("parley_publish_errors_total", "Client sends answered with unavailable (the bus did not take them).")
 	descDraining    = desc("parley_draining", "1 once the node has begun draining (shutting down), else 0.")
 	descUptime      = desc("parley_uptime_seconds", "Seconds since the node started.")
@@ -115,7 +116,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descConnections, descSockets, descAccepted,
 		descRefusedUp, descRooms, descRoomSize, descPresence, descReceived, descPublished, descRepeats,
 		descDelivered, descRefused, descQueueBytes, descCloses, descSlowKicks, descBusUp, descBusErrors,
-		descBusPubs, descBusReconn, descResyncs, descGapFills, descChecks, descResets, descPubErrors,
+		descBusPubs, descBusReconn, descResyncs, descGapFills, descChecks, descResets, descRollovers, descPubErrors,
 		descDraining, descUptime} {
 		ch <- d
 	}
@@ -166,6 +167,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descGapFills, as.GapFills)
 	counter(descChecks, as.Checks)
 	counter(descResets, as.Resets)
+	counter(descRollovers, as.Rollovers)
 	counter(descPubErrors, as.PubErrors)
 	draining := 0.0
 	if s.draining {

@@ -35,6 +35,7 @@ type Stats struct {
 	Resets     uint64 `json:"resets"`
 	SlowKicks  uint64 `json:"slow_kicks"`
 	PubErrors  uint64 `json:"pub_errors"`
+	Rollovers  uint64 `json:"rollovers"`
 
 	// Messages and refusals since start.
 	Received  uint64            `json:"received"`  // data frames from clients
@@ -81,6 +82,7 @@ func (n *Node) Stats() Stats {
 		Resets:      as.Resets,
 		SlowKicks:   as.SlowKicks,
 		PubErrors:   as.PubErrors,
+		Rollovers:   as.Rollovers,
 		Received:    as.Received,
 		Published:   as.Published,
 		Repeats:     as.Repeats,
