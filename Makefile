@@ -69,8 +69,8 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint:
 	$(GO) run $(STATICCHECK) ./...
 
-## test: install test dependencies, vet, and run every test with the race detector
-test: test-deps vet
+## test: install test dependencies, vet, lint, and run every test with the race detector
+test: test-deps vet lint
 	$(GO) test -race -count=1 -shuffle=on -timeout 15m ./...
 
 ## soak: the chaos soak for SOAK_DURATION=3m: 2 nodes, Redis with AOF, faults at random; prints its figures

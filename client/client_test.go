@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -516,7 +517,11 @@ func wsServer(t testing.TB, serve func(net.Conn)) string {
 				serve(nc)
 				// Wait for the client's close reply.
 				for {
-					if _, err := ws.ReadFrame(nc); err != nil {
+					h, err := ws.ReadHeader(nc)
+					if err != nil {
+						return
+					}
+					if _, err := io.CopyN(io.Discard, nc, h.Length); err != nil {
 						return
 					}
 				}

@@ -52,8 +52,7 @@ const (
 type Conn struct {
 	sys      connSys // platform part
 	p        *Poller
-	nc       net.Conn // non-Linux only; on Linux the conn owns a dup of the fd
-	h        Handler  // set by Start before the first event
+	h        Handler // set by Start before the first event
 	id       uint64
 	lastRecv atomic.Int64 // poller clock of the last received bytes
 	pingAt   int64        // sweeper-owned: when the outstanding ping was sent

@@ -322,9 +322,4 @@ func wantCloseCode(err error, code ws.StatusCode) error {
 	return nil
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 func contains(err error, s string) bool { return err != nil && strings.Contains(err.Error(), s) }

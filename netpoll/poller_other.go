@@ -33,7 +33,8 @@ type pollerSys struct {
 }
 
 type connSys struct {
-	inflight int32 // frames handed to the writer goroutine, guarded by mu
+	nc       net.Conn // the upgraded socket; the conn closes it when finished
+	inflight int32    // frames handed to the writer goroutine, guarded by mu
 }
 
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, fallbackReadBuffer); return &b }}
@@ -62,7 +63,7 @@ func (p *Poller) Close() error {
 // past the handshake (copied; parsed first). It does not start reading: call
 // Start.
 func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
-	c := &Conn{p: p, nc: nc, id: p.ids.Add(1)}
+	c := &Conn{p: p, sys: connSys{nc: nc}, id: p.ids.Add(1)}
 	c.lastRecv.Store(p.now())
 	c.keepBuffered(buffered)
 	if err := p.insert(c, -1); err != nil {
@@ -103,7 +104,7 @@ func (c *Conn) readLoop() {
 		if done {
 			break
 		}
-		n, err := c.nc.Read(buf)
+		n, err := c.sys.nc.Read(buf)
 		if n > 0 {
 			c.consume(buf[:n])
 		}
@@ -152,7 +153,7 @@ func (c *Conn) writeLoop() {
 		bufs := net.Buffers(append([][]byte(nil), q.pending()...))
 		c.sys.inflight = int32(len(bufs))
 		c.mu.Unlock()
-		n, err := bufs.WriteTo(c.nc)
+		n, err := bufs.WriteTo(c.sys.nc)
 		c.mu.Lock()
 		c.sys.inflight = 0
 		if c.out == q {
@@ -170,17 +171,17 @@ func (c *Conn) writeLoop() {
 
 // closeSentLocked runs once our close frame is written.
 func (c *Conn) closeSentLocked() {
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+	if cw, ok := c.sys.nc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
 	if c.flags&fCloseRcvd != 0 {
-		_ = c.nc.SetReadDeadline(aLongTimeAgo) // wake the reader to finish
+		_ = c.sys.nc.SetReadDeadline(aLongTimeAgo) // wake the reader to finish
 	}
 }
 
 // abortIOLocked makes blocked reads and writes return.
 func (c *Conn) abortIOLocked() {
-	_ = c.nc.SetDeadline(aLongTimeAgo)
+	_ = c.sys.nc.SetDeadline(aLongTimeAgo)
 }
 
 func (c *Conn) releaseIOLocked() {}
@@ -197,6 +198,6 @@ func (c *Conn) inFlightLocked() int {
 }
 
 // closeSocket closes the conn's net.Conn.
-func (c *Conn) closeSocket() error { return c.nc.Close() }
+func (c *Conn) closeSocket() error { return c.sys.nc.Close() }
 
-func (c *Conn) remoteAddr() net.Addr { return c.nc.RemoteAddr() }
+func (c *Conn) remoteAddr() net.Addr { return c.sys.nc.RemoteAddr() }

@@ -221,9 +221,8 @@ func deliveries(t *testing.T, c *client, room string, want map[string]bool) {
 		case "joined": // resync notice after the bus lost the room
 			epoch, lastSeq = m["epoch"], m["seq"].(float64)
 		case "message":
-			if m["epoch"] != epoch && epoch != nil && lastSeq >= m["seq"].(float64) {
-				epoch = m["epoch"]
-			} else if m["seq"].(float64) <= lastSeq {
+			newEpoch := m["epoch"] != epoch && epoch != nil && lastSeq >= m["seq"].(float64)
+			if !newEpoch && m["seq"].(float64) <= lastSeq {
 				t.Fatalf("seq %v after %v: duplicate or reorder", m["seq"], lastSeq)
 			}
 			lastSeq, epoch = m["seq"].(float64), m["epoch"]

@@ -67,7 +67,7 @@ func FuzzHandshake(f *testing.F) {
 		if end < 2 || end > br.Buffered() || end > max(before, br.Buffered()) {
 			t.Fatalf("head end %d of %d buffered", end, br.Buffered())
 		}
-		if ref := bytes.Index(buf, []byte("\n\n")); ref < 0 && bytes.Index(buf, []byte("\n\r\n")) < 0 {
+		if !bytes.Contains(buf, []byte("\n\n")) && !bytes.Contains(buf, []byte("\n\r\n")) {
 			t.Fatalf("head %q has no blank line", buf)
 		}
 		if fast && !bytes.HasPrefix(buf, []byte("GET /")) {

@@ -53,9 +53,6 @@ type Memory struct {
 	stats     Stats
 	closed    bool
 	lastSweep time.Time
-
-	unavailable bool              // test hook, moving to package relaytest
-	filter      func(Message) int // test hook, moving to package relaytest
 }
 
 // memRoom is one room's sequence state. Guarded by Memory.mu.

@@ -63,6 +63,8 @@ func probeURL(u string) error {
 }
 
 // errAnsweredLater: the probe succeeded after the broker's first one failed.
+//
+//lint:ignore ST1005 Redis is a name; the text is logged as a sentence.
 var errAnsweredLater = errors.New("Redis answers now; the bus comes up by itself")
 
 // redactURL hides a password in a Redis URL.
