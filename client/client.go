@@ -180,6 +180,10 @@ const (
 	// code, 0 without a close frame; Err: what ended it); the client
 	// reconnects unless it ended (Done).
 	EventDisconnected
+	// EventPresenceEvents: the node turned Room's member_joined/member_left
+	// off (State "off": the room is large) or on again ("on": ask for
+	// Presence to refresh a member list).
+	EventPresenceEvents
 )
 
 // Event is what the client delivers on Events.
@@ -192,6 +196,7 @@ type Event struct {
 	Member  Member  // EventMemberJoined, EventMemberLeft
 	Node    string  // EventReconnected, EventDisconnected
 	Code    int     // EventDisconnected
+	State   string  // EventPresenceEvents: "on" or "off"
 	Err     error   // EventRoomLost, EventDisconnected
 }
 
@@ -1011,6 +1016,10 @@ func (c *Client) handle(cn *conn, f *frame) {
 		if list := c.reqs[key]; len(list) > 0 {
 			list[0].res <- requestResult{f: f}
 			c.reqs[key] = list[1:]
+		}
+	case "presence_events":
+		if c.rooms[f.Room] != nil {
+			c.events.push(Event{Kind: EventPresenceEvents, Room: f.Room, State: f.State})
 		}
 	case "member_joined", "member_left":
 		if c.rooms[f.Room] == nil {

@@ -78,6 +78,7 @@ type frame struct {
 	Messages     []json.RawMessage `json:"messages"`
 	Members      []Member          `json:"members"`
 	MaxMessage   int               `json:"max_message_size"`
+	State        string            `json:"state"`
 }
 
 // wsURL turns a configured address ("host:port", "ws://host:port" or a URL

@@ -89,6 +89,17 @@ func TestOrderingRules(t *testing.T) {
 			gaps: 1,
 		},
 		{
+			name:  "presence events turned off and on in a large room",
+			epoch: "e1", last: 1,
+			frames: []string{
+				`{"type":"presence_events","room":"r","state":"off"}`,
+				`{"type":"message","room":"r","seq":2,"epoch":"e1"}`,
+				`{"type":"presence_events","room":"r","state":"on"}`,
+				`{"type":"presence_events","room":"other","state":"off"}`,
+			},
+			want: []string{"presence-off", "m2@e1", "presence-on"},
+		},
+		{
 			name:  "other rooms' frames are ignored",
 			epoch: "e1", last: 1,
 			frames: []string{
@@ -124,6 +135,8 @@ func TestOrderingRules(t *testing.T) {
 					got = append(got, fmt.Sprintf("m%d@%s", e.Message.Seq, e.Message.Epoch))
 				case EventReset:
 					got = append(got, fmt.Sprintf("reset%d@%s", e.Seq, e.Epoch))
+				case EventPresenceEvents:
+					got = append(got, "presence-"+e.State)
 				}
 			}
 			if !slices.Equal(got, tc.want) {
