@@ -86,7 +86,7 @@ func startNode(t *testing.T, id, redisURL string, extra ...string) *nodeProc {
 	p := &nodeProc{t: t, id: id, addr: ln.Addr().String(), logDir: t.TempDir()}
 	ln.Close()
 	p.args = append([]string{"--listen", p.addr, "--admin", "-", "--node-id", id, "--redis", redisURL,
-		"--history-size", strconv.Itoa(historySize), "--shutdown-grace", "8s", "--reconnect-after", "100ms",
+		"--history-size", strconv.Itoa(historySize), "--shutdown-grace", "15s", "--drain-delay", "0", "--reconnect-after", "100ms",
 		"--log-level", "warn"}, extra...)
 	p.start()
 	t.Cleanup(func() {
