@@ -114,6 +114,17 @@ function join() {
     } catch (e) { /* refreshed on the next join */ }
   });
   p.on("message", showMessage);
+  p.on("presence_events", async (e) => {
+    if (e.state === "off") {
+      sys("this room is large: join and leave notices are off");
+      return;
+    }
+    sys("join and leave notices are on again");
+    try {
+      members = new Map((await p.presence(e.room)).map((m) => [m.name + "@" + m.node, m]));
+      renderMembers();
+    } catch (err) { /* refreshed on the next join */ }
+  });
   p.on("reset", (r) => sys("some messages of " + r.room + " were lost (the bus restarted); continuing"));
   p.on("member_joined", (m) => {
     members.set(m.name + "@" + m.node, m);

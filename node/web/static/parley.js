@@ -29,7 +29,9 @@
 // Events (p.on(type, fn); fn gets one object):
 //   welcome     {node, name, session, maxMessageSize}  each connection
 //   status      {state: "connecting"|"online"|"offline"|"closed", reason}
-//   joined      {room, seq, epoch, recovered}          each (re)join
+//   joined      {room, seq, epoch, recovered, presenceEvents: "on"|"off"}  each (re)join
+//   presence_events {room, state: "on"|"off"}  a large room stopped (or resumed)
+//                                    member_joined/member_left: ask presence
 //   message     {room, seq, epoch, from, text, id, ts} once per seq, in order
 //   reset       {room, epoch, seq}   the room's history was lost: messages
 //                                    before seq of epoch will not come
@@ -301,7 +303,7 @@ export class Parley {
           r.seq = f.seq; // messages after it come live
         }
         r.joined = true;
-        this.emit("joined", { room: f.room, seq: f.seq, epoch: f.epoch, recovered: f.recovered });
+        this.emit("joined", { room: f.room, seq: f.seq, epoch: f.epoch, recovered: f.recovered, presenceEvents: f.presence_events || "on" });
         for (const w of r.waiters) w.resolve();
         r.waiters = [];
         for (const s of this.sends.values()) if (s.room === f.room) this.writeSend(s);
@@ -334,6 +336,9 @@ export class Parley {
         if (q) q.resolve(f.type === "history" ? (f.messages || []) : f.type === "presence" ? (f.members || []) : f);
         break;
       }
+      case "presence_events":
+        if (this.rooms.has(f.room)) this.emit("presence_events", { room: f.room, state: f.state });
+        break;
       case "member_joined":
       case "member_left":
         if (this.rooms.has(f.room)) this.emit(f.type, { room: f.room, name: f.name, node: f.node || "" });
