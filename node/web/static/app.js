@@ -10,6 +10,7 @@ let p = null; // the client while joined
 let room = "";
 let members = new Map();
 let sawBacklog = false; // history asked once, at the first join only
+let asking = null; // member events seen while a presence request is out (replayed on its answer)
 
 function line(cls, parts, attrs) {
   const li = document.createElement("li");
@@ -51,6 +52,30 @@ function renderMembers() {
     li.appendChild(nd);
     ul.appendChild(li);
   }
+}
+
+// memberEvent applies a member_joined/member_left to the list.
+function memberEvent(kind, m) {
+  if (kind === "member_joined") members.set(m.name + "@" + m.node, m);
+  else members.delete(m.name + "@" + m.node);
+}
+
+// refreshPresence asks who is in the room. The answer may have been read
+// before an event that arrived ahead of it, so the events seen meanwhile
+// are applied again on top of it, in order.
+async function refreshPresence(r) {
+  const seen = [];
+  asking = seen;
+  try {
+    const list = await p.presence(r);
+    if (!p) return;
+    members = new Map(list.map((m) => [m.name + "@" + m.node, m]));
+    for (const [kind, m] of seen) memberEvent(kind, m);
+    // You are in the room once joined, whether or not the bus listed you yet.
+    members.set(p.name + "@" + p.node, { name: p.name, node: p.node });
+    renderMembers();
+  } catch (e) { /* offline again: refreshed on the next join */ }
+  if (asking === seen) asking = null;
 }
 
 function setOnline(on) {
@@ -108,10 +133,7 @@ function join() {
         } catch (e) { /* offline again: the live messages still come */ }
       }
     }
-    try {
-      members = new Map((await p.presence(j.room)).map((m) => [m.name + "@" + m.node, m]));
-      renderMembers();
-    } catch (e) { /* refreshed on the next join */ }
+    await refreshPresence(j.room);
   });
   p.on("message", showMessage);
   p.on("presence_events", async (e) => {
@@ -120,19 +142,18 @@ function join() {
       return;
     }
     sys("join and leave notices are on again");
-    try {
-      members = new Map((await p.presence(e.room)).map((m) => [m.name + "@" + m.node, m]));
-      renderMembers();
-    } catch (err) { /* refreshed on the next join */ }
+    await refreshPresence(e.room);
   });
   p.on("reset", (r) => sys("some messages of " + r.room + " were lost (the bus restarted); continuing"));
   p.on("member_joined", (m) => {
-    members.set(m.name + "@" + m.node, m);
+    memberEvent("member_joined", m);
+    if (asking) asking.push(["member_joined", m]);
     renderMembers();
     sys(m.name + " joined");
   });
   p.on("member_left", (m) => {
-    members.delete(m.name + "@" + m.node);
+    memberEvent("member_left", m);
+    if (asking) asking.push(["member_left", m]);
     renderMembers();
     sys(m.name + " left");
   });
