@@ -597,3 +597,39 @@ func TestTokenAuth(t *testing.T) {
 		t.Fatalf("%d tokens issued, want a fresh one per connection", issued)
 	}
 }
+
+// TestPresenceListsMembers: Presence answers with every member of the room,
+// and one who leaves is no longer listed once the bus has recorded it.
+func TestPresenceListsMembers(t *testing.T) {
+	n := startNode(t, node.Config{})
+	a := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "ann"})
+	b := newClient(t, Config{Addrs: []string{n.Addr()}, Name: "bob"})
+	join(t, a, "lobby")
+	join(t, b, "lobby")
+	names := func() []string {
+		list, err := a.Presence(ctxT(t, 10*time.Second), "lobby")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range list {
+			out = append(out, m.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := names(); !slices.Equal(got, []string{"ann", "bob"}) {
+		t.Fatalf("presence %v, want [ann bob]", got)
+	}
+	if err := b.Leave(ctxT(t, 10*time.Second), "lobby"); err != nil {
+		t.Fatal(err)
+	}
+	// The bus records the departure after left is sent: poll for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for got := names(); !slices.Equal(got, []string{"ann"}); got = names() {
+		if time.Now().After(deadline) {
+			t.Fatalf("presence after bob left %v, want [ann]", got)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
