@@ -24,7 +24,9 @@ n="${1:-${PARLEY_BENCH_PROFILE_CONNS:-10000}}"
 rate="${PARLEY_BENCH_PROFILE_RATE:-1000}"
 clients="${PARLEY_BENCH_PROFILE_CLIENTS:-1000}"
 rooms="${PARLEY_BENCH_PROFILE_ROOMS:-0}"
-read -r -a node_flags <<<"${PARLEY_BENCH_NODE_FLAGS:-}"
+# Every load comes from loopback, which the node would count as one client
+# address: lift the per-address connection cap (--max-conns-per-addr).
+read -r -a node_flags <<<"--max-conns-per-addr -1 ${PARLEY_BENCH_NODE_FLAGS:-}"
 out=bench/profiles
 mkdir -p "$out"
 

@@ -80,7 +80,9 @@ else
 	md="${md:-BENCHMARKS.md}"
 fi
 scenarios="${PARLEY_BENCH_SCENARIOS:-$(echo "$matrix" | awk 'NF {print $1}' | tr '\n' ' ')}"
-read -r -a node_flags <<<"${PARLEY_BENCH_NODE_FLAGS:-}"
+# Every load comes from loopback, which the node would count as one client
+# address: lift the per-address connection cap (--max-conns-per-addr).
+read -r -a node_flags <<<"--max-conns-per-addr -1 ${PARLEY_BENCH_NODE_FLAGS:-}"
 
 reports=bench/reports
 logs="$reports/logs"

@@ -118,8 +118,7 @@ func TestUpgradeWithFrameInSamePacket(t *testing.T) {
 				t.Fatalf("joined %v", j)
 			}
 		}
-		conn.Close()
-		<-c.done
+		hangUp(c)
 	}
 }
 

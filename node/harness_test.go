@@ -85,11 +85,22 @@ func dialURL(t testing.TB, url string) *client {
 		r = io.MultiReader(br, conn)
 	}
 	go c.readLoop(r)
-	t.Cleanup(func() {
-		conn.Close()
-		<-c.done
-	})
+	t.Cleanup(func() { hangUp(c) })
 	return c
+}
+
+// hangUp closes a client's connection and waits for its reader, discarding
+// the events nobody read: a reader blocked on a full channel must not hold
+// a test's cleanup forever.
+func hangUp(c *client) {
+	c.conn.Close()
+	for {
+		select {
+		case <-c.events:
+		case <-c.done:
+			return
+		}
+	}
 }
 
 func (c *client) readLoop(r io.Reader) {

@@ -193,18 +193,6 @@ func dialAttacker(n *Node, path string) (*client, error) {
 	return c, nil
 }
 
-// hangUp closes an attacker's connection and waits for its reader.
-func hangUp(c *client) {
-	c.conn.Close()
-	for {
-		select {
-		case <-c.events:
-		case <-c.done:
-			return
-		}
-	}
-}
-
 // untilClose reads an attacker's frames until the node closes it (or
 // stop, or limit) and returns the texts and the close code (0: no close).
 func untilClose(c *client, stop <-chan struct{}, limit time.Duration) ([]string, ws.StatusCode) {
