@@ -139,8 +139,9 @@ func (p *Poller) Add(nc net.Conn, buffered []byte) (*Conn, error) {
 	// netFD, its poll descriptor and the two addresses it holds go away
 	// (about 0.4 KiB of every idle connection), and only epoll watches the
 	// socket. The dup is the only fd registered here, so closing it is
-	// what ends the socket (TRAPS.md: a dup stays in an epoll set after
-	// the original closes, so we never register the original).
+	// what ends the socket (epoll tracks the open file description, so a
+	// registered dup would stay in the set after the original closes; we
+	// never register the original).
 	fd := -1
 	var dupErr error
 	// O_NONBLOCK belongs to the open file description, which the dup
