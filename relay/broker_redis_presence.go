@@ -157,16 +157,7 @@ func (r *Redis) removePresence(ctx context.Context, room string, m Member) error
 // retryLeaving runs the removals that failed, for the keeper.
 func (r *Redis) retryLeaving(ctx context.Context) {
 	r.mu.Lock()
-	type entry struct {
-		room string
-		m    Member
-	}
-	var all []entry
-	for room, set := range r.leaving {
-		for _, m := range set {
-			all = append(all, entry{room, m})
-		}
-	}
+	all := appendRoomMembers(nil, r.leaving)
 	r.mu.Unlock()
 	for _, e := range all {
 		if err := r.removePresence(ctx, e.room, e.m); err != nil {
@@ -310,16 +301,7 @@ func (r *Redis) heartbeat() {
 // reannounce adds every local member again.
 func (r *Redis) reannounce(ctx context.Context) {
 	r.mu.Lock()
-	type entry struct {
-		room string
-		m    Member
-	}
-	var all []entry
-	for room, members := range r.presence {
-		for _, m := range members {
-			all = append(all, entry{room, m})
-		}
-	}
+	all := appendRoomMembers(nil, r.presence)
 	r.mu.Unlock()
 	if len(all) > 0 {
 		r.log.Info("redis presence re-announced", "members", len(all))
@@ -370,28 +352,14 @@ func (r *Redis) reap(ctx context.Context, node string) {
 // heartbeat, for a graceful Close.
 func (r *Redis) leave(ctx context.Context) {
 	r.mu.Lock()
-	type entry struct {
-		room    string
-		session string
-	}
-	var all []entry
-	for room, members := range r.presence {
-		for s := range members {
-			all = append(all, entry{room, s})
-		}
-	}
-	for room, set := range r.leaving {
-		for s := range set {
-			all = append(all, entry{room, s})
-		}
-	}
+	all := appendRoomMembers(appendRoomMembers(nil, r.presence), r.leaving)
 	clear(r.presence)
 	clear(r.leaving)
 	r.mu.Unlock()
 	var errs []error
 	for _, e := range all {
 		errs = append(errs, rdsPresenceRemoveScript.Run(ctx, r.client, []string{rdsPresKey(e.room), rdsChannel(e.room)},
-			e.session, r.pubCmd).Err())
+			e.m.Session, r.pubCmd).Err())
 	}
 	errs = append(errs, r.client.Del(ctx, rdsNodeRoomsKey(r.cfg.NodeID)).Err())
 	errs = append(errs, r.client.ZRem(ctx, rdsNodesKey, r.cfg.NodeID).Err())
@@ -419,4 +387,21 @@ func rdsSlot(key string) int {
 		}
 	}
 	return int(crc) % 16384
+}
+
+// roomMember is one entry of a room -> session -> member map.
+type roomMember struct {
+	room string
+	m    Member
+}
+
+// appendRoomMembers appends every entry of byRoom to out, so the caller can
+// release the lock before making Redis calls for them. Lock should be held.
+func appendRoomMembers(out []roomMember, byRoom map[string]map[string]Member) []roomMember {
+	for room, members := range byRoom {
+		for _, m := range members {
+			out = append(out, roomMember{room, m})
+		}
+	}
+	return out
 }
