@@ -1219,7 +1219,7 @@ func (c *Client) pump() {
 
 // eventQueue is an unbounded FIFO of events with a wake-up channel.
 type eventQueue struct {
-	mu    sync.Mutex
+	mu    sync.Mutex // guards items
 	items []Event
 	wake  chan struct{} // capacity 1
 }
