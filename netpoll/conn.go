@@ -28,19 +28,20 @@ type Handler interface {
 
 // Conn state flags, guarded by Conn.mu.
 const (
-	fStarted     uint16 = 1 << iota // Start succeeded
-	fArmed                          // Linux: armed in epoll, an event may come
-	fRunning                        // a goroutine holds the read token
-	fWantOut                        // a write hit EAGAIN: arm EPOLLOUT
-	fWriting                        // non-Linux: the writer goroutine runs
-	fClosing                        // closing: Enqueue fails, data is dropped
-	fCloseQueued                    // our close frame is in the queue
-	fCloseSent                      // our close frame is written, write side shut
-	fCloseRcvd                      // the peer's close frame was received
-	fDiscard                        // inbound bytes are no longer parsed
-	fAbort                          // finish as soon as the read token allows
-	fFinished                       // socket closed, HandleClose called or due
-	fFlushQueued                    // listed for a flusher (Send)
+	fStarted       uint16 = 1 << iota // Start succeeded
+	fArmed                            // Linux: armed in epoll, an event may come
+	fRunning                          // a goroutine holds the read token
+	fWantOut                          // a write hit EAGAIN: arm EPOLLOUT
+	fWriting                          // a writer works outside mu (Linux: in writev; else: the writer goroutine runs)
+	fClosing                          // closing: Enqueue fails, data is dropped
+	fCloseQueued                      // our close frame is in the queue
+	fCloseSent                        // our close frame is written, write side shut
+	fCloseRcvd                        // the peer's close frame was received
+	fDiscard                          // inbound bytes are no longer parsed
+	fAbort                            // finish as soon as the read token allows
+	fFinished                         // socket closed, HandleClose called or due
+	fFlushQueued                      // listed for a flusher (Send)
+	fCloseByWriter                    // Linux: finished mid-writev; the writer closes the socket
 )
 
 // Conn is one upgraded WebSocket connection registered with a Poller.
@@ -463,11 +464,14 @@ func (c *Conn) finish() {
 		err = c.cs.err
 	}
 	started := c.flags&fStarted != 0
+	deferred := c.deferCloseLocked()
 	c.mu.Unlock()
 
 	c.p.remove(c, slotsRecycled)
-	if cerr := c.closeSocket(); cerr != nil {
-		c.p.log.Debug("netpoll: close socket", "conn", c.id, "err", cerr)
+	if !deferred {
+		if cerr := c.closeSocket(); cerr != nil {
+			c.p.log.Debug("netpoll: close socket", "conn", c.id, "err", cerr)
+		}
 	}
 	if rd := c.rd; rd != nil {
 		c.rd = nil

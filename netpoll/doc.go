@@ -32,10 +32,14 @@
 //
 //   - Poller.mu guards the conn table (indexed by fd on Linux), the count and
 //     the closed flag.
-//   - Conn.mu guards the conn's flags, its outbound queue, its close state and
-//     every write to the socket: there is one writer at a time, whoever holds
-//     Conn.mu (Write/Flush callers, a flusher, a worker on EPOLLOUT, the
-//     sweeper).
+//   - Conn.mu guards the conn's flags, its outbound queue and its close
+//     state. There is one writer at a time: whoever finds the fWriting flag
+//     clear under Conn.mu and sets it (Write/Flush callers, a flusher, a
+//     worker on EPOLLOUT, the sweeper). The writer builds the iovecs under
+//     Conn.mu, then releases it for the writev itself, so Send (fan-out) and
+//     the epoll loop never wait for a socket write; it loops until the queue
+//     is empty, taking frames queued meanwhile. Frames in a writev now
+//     running count as started: Kick keeps them.
 //     Writes never block: writev takes what the socket takes, the rest waits
 //     for EPOLLOUT and a worker continues it.
 //   - Conn.rd (the Assembler and the upgrade leftovers) belongs to the read
@@ -64,8 +68,10 @@
 //
 // The fd is never closed while it can be used: only the read token holder
 // finishes a conn, and it first marks it finished under Conn.mu (so no writer
-// touches the fd again), removes it from epoll (EPOLL_CTL_DEL), removes it
-// from the table, and only then closes it. On Linux, Add keeps a duplicate
+// starts on the fd again), removes it from epoll (EPOLL_CTL_DEL), removes it
+// from the table, and only then closes it, unless a writer is in a writev
+// outside Conn.mu: then that writer closes the fd when its writev returns,
+// so the fd number cannot be reused by a new connection under it. On Linux, Add keeps a duplicate
 // of the upgraded socket's fd and closes the net.Conn at once: the runtime's
 // netFD, poll descriptor and addresses are freed (about 0.4 KiB per idle
 // connection) and the dup, the only fd ever registered with our epoll set,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,8 +19,9 @@ const (
 	// maxReadsPerWakeup bounds the reads of one conn per event, for fairness;
 	// a conn with more bytes waiting is re-armed and served again later.
 	maxReadsPerWakeup = 4
-	// maxIovecs bounds one writev (IOV_MAX is 1024 on Linux).
-	maxIovecs = 1024
+	// maxIovecs bounds one writev: its iovec array lives on the writer's
+	// stack (4 KiB); a longer queue takes more writev calls.
+	maxIovecs = 256
 	// eventBatch is how many epoll events one epoll_wait returns at most.
 	eventBatch = 256
 	// taskQueue is the depth of the ready-conn queue feeding the workers.
@@ -44,7 +46,8 @@ type pollerSys struct {
 }
 
 type connSys struct {
-	fd int32
+	fd       int32
+	inflight int32 // frames in the writev now running (fWriting), guarded by mu
 }
 
 type task struct {
@@ -343,29 +346,107 @@ func (c *Conn) flushLocked() {
 
 // writeLocked writes the queue with writev until it is empty or the socket
 // is full; then EPOLLOUT is armed and a worker continues.
+//
+// The writev runs with mu released (fWriting says a goroutine is in it), so
+// fan-out keeps queueing frames on this conn while its socket is written,
+// and the epoll loop never waits for a write to learn of a read. One writer
+// at a time: a caller that finds fWriting set returns at once, and the
+// writer loops until the queue is empty, so it also takes whatever was
+// queued during its writev. Callers hold mu; it is released and re-taken
+// inside, so they must not rely on state read before the call.
 func (c *Conn) writeLocked() {
-	if c.flags&fFinished != 0 {
+	if c.flags&(fFinished|fWriting) != 0 {
 		return
 	}
-	for q := c.out; q != nil && q.len() > 0; {
-		iov := q.pending()
-		if len(iov) > maxIovecs {
-			iov = iov[:maxIovecs]
+	c.flags |= fWriting
+	var iovs [maxIovecs]unix.Iovec
+	for {
+		q := c.out
+		if q == nil || q.len() == 0 {
+			c.flags &^= fWriting
+			c.queueDrainedLocked()
+			return
 		}
-		n, err := unix.Writev(int(c.sys.fd), iov)
+		n := q.iovecs(iovs[:])
+		c.sys.inflight = int32(n)
+		c.mu.Unlock()
+		if testHookWritev != nil {
+			testHookWritev(c)
+		}
+		w, err := writev(c.sys.fd, iovs[:n])
+		c.mu.Lock()
+		c.sys.inflight = 0
+		if c.flags&fFinished != 0 || c.out != q {
+			// Finished during the writev: finish left the socket to us.
+			c.flags &^= fWriting
+			c.closeDeferredLocked()
+			return
+		}
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
+			c.flags &^= fWriting
 			c.wantOutLocked()
 			return
 		case err != nil:
+			c.flags &^= fWriting
 			c.writeFailedLocked(err)
 			return
 		}
-		c.writtenLocked(q, n)
+		c.writtenLocked(q, w)
 	}
-	c.queueDrainedLocked()
+}
+
+// iovecs fills iovs with the unwritten frames, as many as fit, and returns
+// how many it filled (at least one if the queue is not empty).
+func (q *outQueue) iovecs(iovs []unix.Iovec) int {
+	n := 0
+	for _, f := range q.frames[q.head:] {
+		if n == len(iovs) {
+			break
+		}
+		iovs[n].Base = &f[0]
+		iovs[n].SetLen(len(f))
+		n++
+	}
+	return n
+}
+
+// testHookWritev, set by tests only, runs after a writer released mu and
+// before its writev.
+var testHookWritev func(c *Conn)
+
+// writev writes iovs to fd in one system call.
+func writev(fd int32, iovs []unix.Iovec) (int, error) {
+	n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// deferCloseLocked is asked by finish whether it may close the socket now:
+// not while a writev runs outside mu, or the fd number could be reused by a
+// new connection before that writer's next writev. The writer closes it
+// (closeDeferredLocked) when its writev returns.
+func (c *Conn) deferCloseLocked() bool {
+	if c.flags&fWriting == 0 {
+		return false
+	}
+	c.flags |= fCloseByWriter
+	return true
+}
+
+// closeDeferredLocked closes the socket finish left to the writer.
+func (c *Conn) closeDeferredLocked() {
+	if c.flags&fCloseByWriter == 0 {
+		return
+	}
+	c.flags &^= fCloseByWriter
+	if err := c.closeSocket(); err != nil {
+		c.p.log.Debug("netpoll: close socket", "conn", c.id, "err", err)
+	}
 }
 
 // wantOutLocked makes sure a worker continues the flush when the socket
@@ -423,8 +504,12 @@ func (c *Conn) releaseIOLocked() {
 	}
 }
 
-// inFlightLocked returns how many queued frames have been partly written.
+// inFlightLocked returns how many queued frames are being or have been
+// partly written: those of a writev now running, else a partly written head.
 func (c *Conn) inFlightLocked() int {
+	if n := int(c.sys.inflight); n > 0 {
+		return n
+	}
 	if c.out != nil && c.out.started {
 		return 1
 	}

@@ -197,6 +197,10 @@ func (c *Conn) inFlightLocked() int {
 	return 0
 }
 
+// deferCloseLocked: net.Conn.Close is safe while the writer goroutine
+// writes (it makes the write fail), so finish always closes at once.
+func (c *Conn) deferCloseLocked() bool { return false }
+
 // closeSocket closes the conn's net.Conn.
 func (c *Conn) closeSocket() error { return c.sys.nc.Close() }
 

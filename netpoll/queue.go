@@ -20,8 +20,10 @@ var queuePool = sync.Pool{New: func() any { return &outQueue{frames: make([][]by
 
 func getQueue() *outQueue { return queuePool.Get().(*outQueue) }
 
+// putQueue returns q to the pool. Only frames[head:] can still hold frames:
+// advance, truncate and push clear every slot they give up.
 func putQueue(q *outQueue) {
-	clear(q.frames[:cap(q.frames)])
+	clear(q.frames[q.head:])
 	q.frames, q.head, q.bytes, q.started = q.frames[:0], 0, 0, false
 	q.traceLeft, q.traceAt = 0, 0
 	queuePool.Put(q)
