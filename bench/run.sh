@@ -58,6 +58,7 @@ fanout-1000   R floor parley parley-redis baseline:1
 cross-100     R floor parley baseline:1
 cross-1000    1 floor parley
 rooms         1 parley-redis
+rooms-10k     1 parley-redis
 storm         1 parley
 "
 if [[ $quick -eq 1 ]]; then
@@ -66,7 +67,7 @@ if [[ $quick -eq 1 ]]; then
 	clients=200 senders=20 duration=3s
 	connects=2000
 	cross_clients=400
-	rooms_clients=1000 rooms=100
+	rooms_clients=1000 rooms=100 rooms_rate=1000
 	storm_clients=500
 	md="${md:-bench/reports/BENCHMARKS-quick.md}"
 else
@@ -75,7 +76,7 @@ else
 	clients=1000 senders=100 duration=10s
 	connects=10000
 	cross_clients=2000
-	rooms_clients=10000 rooms=1000
+	rooms_clients=10000 rooms=1000 rooms_rate=10000
 	storm_clients=5000
 	md="${md:-BENCHMARKS.md}"
 fi
@@ -242,6 +243,10 @@ run_one() { # system scenario run
 	rooms) # rooms of 10, one sender per room at 1 msg/s
 		run_bench 180 "${fan[@]}" --url "$url1" --clients "$rooms_clients" --rooms "$rooms" --senders "$rooms" \
 			--rate "$rooms" --connect-timeout 20s "${probe1[@]}" --pid "$redis_pid"
+		;;
+	rooms-10k) # the same rooms of 10, every client sends at 1 msg/s (10 senders per room)
+		run_bench 180 "${fan[@]}" --url "$url1" --clients "$rooms_clients" --rooms "$rooms" --senders "$rooms_clients" \
+			--rate "$rooms_rate" --connect-timeout 20s "${probe1[@]}" --pid "$redis_pid"
 		;;
 	storm)
 		run_bench 240 storm --url "$url1" --clients "$storm_clients" --room-prefix storm --quiet 2s --drain 120s \
