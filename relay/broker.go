@@ -158,6 +158,14 @@ type Broker interface {
 	// ""); the room's next publish (or Subscribe, Rollover) starts its epoch.
 	History(ctx context.Context, room string, req HistoryRequest) (HistoryResult, error)
 
+	// Positions reads the position of each of rooms, in order, in one round
+	// trip (Redis: one pipeline, split by slot on a Cluster). It writes
+	// nothing: a room the bus holds nothing of reads as Position{} (epoch
+	// ""). A node's periodic position check reads all its rooms with it at
+	// once; a room whose position differs from what it delivered then reads
+	// History for itself.
+	Positions(ctx context.Context, rooms []string) ([]Position, error)
+
 	// AddPresence records m as present in room and announces member_joined
 	// to every subscriber. RemovePresence undoes it and announces member_left.
 	AddPresence(ctx context.Context, room string, m Member) error

@@ -330,6 +330,25 @@ func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
 	return nil
 }
 
+// Positions reads the position of each of rooms (Broker.Positions).
+func (m *Memory) Positions(ctx context.Context, rooms []string) ([]Position, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("relay: memory positions: %w: %w", ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.memCheckLocked("positions", ""); err != nil {
+		return nil, err
+	}
+	out := make([]Position, len(rooms))
+	for i, room := range rooms {
+		if r := m.roomLocked(room, false); r != nil {
+			out[i] = Position{Seq: r.seq, Epoch: r.epoch}
+		}
+	}
+	return out, nil
+}
+
 // History reads room's history window.
 func (m *Memory) History(ctx context.Context, room string, req HistoryRequest) (HistoryResult, error) {
 	if err := ctx.Err(); err != nil {

@@ -629,6 +629,49 @@ func (r *Redis) History(ctx context.Context, room string, req HistoryRequest) (H
 	return r.readHistory(ctx, room, req.Since, req.Before, limit)
 }
 
+// Positions reads the position (HMGET of the meta hash) of each of rooms in
+// one pipeline; on a Cluster go-redis splits it by node. It writes nothing.
+func (r *Redis) Positions(ctx context.Context, rooms []string) ([]Position, error) {
+	for _, room := range rooms {
+		if err := rdsCheckRoom(room); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]Position, len(rooms))
+	if len(rooms) == 0 {
+		return out, nil
+	}
+	cmds := make([]*redis.SliceCmd, len(rooms))
+	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, room := range rooms {
+			cmds[i] = p.HMGet(ctx, rdsMetaKey(room), "epoch", "seq")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, r.unavailable("positions", "", err)
+	}
+	for i, c := range cmds {
+		v := c.Val()
+		if len(v) != 2 {
+			return nil, r.unavailable("positions", rooms[i], fmt.Errorf("unexpected reply of %d elements", len(v)))
+		}
+		epoch, _ := v[0].(string)
+		if epoch == "" {
+			continue // the bus holds nothing of the room
+		}
+		var seq uint64
+		if s, _ := v[1].(string); s != "" {
+			var err error
+			if seq, err = strconv.ParseUint(s, 10, 64); err != nil {
+				return nil, r.unavailable("positions", rooms[i], fmt.Errorf("bad seq %q", s))
+			}
+		}
+		out[i] = Position{Seq: seq, Epoch: epoch}
+	}
+	return out, nil
+}
+
 func (r *Redis) readHistory(ctx context.Context, room string, since, before uint64, limit int) (HistoryResult, error) {
 	var hr HistoryResult
 	res, err := rdsHistoryScript.Run(ctx, r.client, []string{rdsMetaKey(room), rdsHistKey(room)},

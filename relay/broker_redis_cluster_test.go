@@ -103,6 +103,22 @@ func TestRedisCluster(t *testing.T) {
 	}
 	publishAll(8)
 	waitAll(8)
+	// One Positions read spans every master (go-redis splits the
+	// pipeline by node), in the order asked.
+	ask := append([]string{rdsRoom("cl-none")}, rooms...)
+	pos, err := b.Positions(rdsCtx(t), ask)
+	if err != nil {
+		t.Fatalf("positions across masters: %v", err)
+	}
+	for i, room := range ask {
+		want := Position{}
+		if i > 0 {
+			want = Position{Seq: 8, Epoch: ha.roomMsgs(room)[0].Epoch}
+		}
+		if pos[i] != want {
+			t.Fatalf("position of %s = %+v, want %+v", room, pos[i], want)
+		}
+	}
 	for _, room := range rooms {
 		ma, mb := ha.roomMsgs(room), hb.roomMsgs(room)
 		if !slices.Equal(ma, mb) {

@@ -390,6 +390,37 @@ func brokerContract(t *testing.T, newBroker func(t *testing.T, nodeID string, h 
 				t.Fatalf("events %+v\nwant %+v", got, want)
 			}
 		}},
+		{"positions of many rooms in one read", func(t *testing.T, b Broker, h *rdsRecorder, room string) {
+			// Rooms the bus holds nothing of read as Position{}; the others
+			// as History says, in the order asked, a lost room as nothing
+			// again (the periodic check takes that for a rollback).
+			rooms := []string{room + "-a", room + "-never", room + "-b", room + "-lost"}
+			publishN(t, b, rooms[3], 2)
+			loseRoom(t, rooms[3]) // may lose every room: publish the others after
+			publishN(t, b, rooms[0], 3)
+			publishN(t, b, rooms[2], 1)
+			pos, err := b.Positions(rdsCtx(t), rooms)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := make([]Position, len(rooms))
+			for i, r := range rooms {
+				hr, err := b.History(rdsCtx(t), r, HistoryRequest{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want[i] = hr.Position
+			}
+			if !slices.Equal(pos, want) {
+				t.Fatalf("positions %+v\nwant (as History reads them) %+v", pos, want)
+			}
+			if pos[0].Seq != 3 || pos[0].Epoch == "" || pos[1] != (Position{}) || pos[2].Seq != 1 || pos[3] != (Position{}) {
+				t.Fatalf("positions %+v: want a at 3, never at zero, b at 1, lost at zero", pos)
+			}
+			if pos, err := b.Positions(rdsCtx(t), nil); err != nil || len(pos) != 0 {
+				t.Fatalf("positions of no room: %v, %v", pos, err)
+			}
+		}},
 		{"unsubscribe stops delivery", func(t *testing.T, b Broker, h *rdsRecorder, room string) {
 			other := room + "-other"
 			for _, r := range []string{room, other} {

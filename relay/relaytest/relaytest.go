@@ -32,6 +32,7 @@ const (
 	OpSubscribe      Op = "subscribe"
 	OpUnsubscribe    Op = "unsubscribe"
 	OpHistory        Op = "history"
+	OpPositions      Op = "positions" // hooks run once per room of the call
 	OpAddPresence    Op = "add presence"
 	OpRemovePresence Op = "remove presence"
 	OpPresence       Op = "presence"
@@ -236,6 +237,23 @@ func (b *Broker) History(ctx context.Context, room string, req relay.HistoryRequ
 		return relay.HistoryResult{}, err
 	}
 	return hr, nil
+}
+
+// Positions forwards to the wrapped broker, with faults: the hooks run for
+// each room (one that fails fails the call, as one pipeline would).
+func (b *Broker) Positions(ctx context.Context, rooms []string) ([]relay.Position, error) {
+	for _, room := range rooms {
+		if err := b.enter(ctx, OpPositions, room); err != nil {
+			return nil, err
+		}
+	}
+	pos, err := b.inner.Positions(ctx, rooms)
+	for _, room := range rooms {
+		if err = b.leave(ctx, OpPositions, room, err); err != nil {
+			return nil, err
+		}
+	}
+	return pos, nil
 }
 
 // AddPresence forwards to the wrapped broker, with faults.
