@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"runtime"
@@ -104,3 +105,55 @@ func BenchmarkIdleSessions(b *testing.B) {
 	b.ReportMetric(per, "heap-bytes/session")
 	runtime.KeepAlive(sessions)
 }
+
+// BenchmarkDirectoryJoinLeave: 10,000 connections in 1,000 rooms of 10;
+// one op is every connection leaving its room and joining it again (two
+// room ops each, every one through the directory). room-ops/s is what the
+// whole path sustains; run with -cpuprofile to see the directory's share.
+// Run: go test -run x -bench DirectoryJoinLeave ./actors/
+func BenchmarkDirectoryJoinLeave(b *testing.B) {
+	const conns, rooms = 10000, 1000
+	sys, _ := benchEnv(b)
+	var frames atomic.Int64 // joined and left frames
+	sessions := make([]*Session, conns)
+	for i := range sessions {
+		s, err := sys.Connect(&answerTransport{n: &frames}, ConnInfo{Name: fmt.Sprintf("u%d", i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sessions[i] = s
+	}
+	for i, s := range sessions {
+		s.HandleMessage(ws.OpText, []byte(fmt.Sprintf(`{"type":"join","room":"d%d"}`, i%rooms)))
+	}
+	waitCount(b, &frames, conns)
+	leave := make([][]byte, rooms)
+	join := make([][]byte, rooms)
+	for r := range rooms {
+		leave[r] = []byte(fmt.Sprintf(`{"type":"leave","room":"d%d"}`, r))
+		join[r] = []byte(fmt.Sprintf(`{"type":"join","room":"d%d"}`, r))
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		want := frames.Load() + 2*conns // left + joined each
+		for i, s := range sessions {
+			s.HandleMessage(ws.OpText, leave[i%rooms])
+			s.HandleMessage(ws.OpText, join[i%rooms])
+		}
+		waitCount(b, &frames, want)
+	}
+	b.ReportMetric(float64(b.N*2*conns)/time.Since(start).Seconds(), "room-ops/s")
+}
+
+// answerTransport counts the joined and left frames it is sent.
+type answerTransport struct{ n *atomic.Int64 }
+
+func (a *answerTransport) Send(f []byte) error {
+	if bytes.Contains(f, []byte(`"type":"joined"`)) || bytes.Contains(f, []byte(`"type":"left"`)) {
+		a.n.Add(1)
+	}
+	return nil
+}
+func (a *answerTransport) Close(ws.StatusCode, string) {}
+func (a *answerTransport) Kick(ws.StatusCode, string)  {}

@@ -1,6 +1,8 @@
 package actors
 
 import (
+	"time"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"golang.org/x/time/rate"
 
@@ -13,6 +15,10 @@ import (
 // a join raced with the report. A room reports itself empty only when it is
 // idle as well (nothing queued or in flight: publishes, presence changes,
 // history and presence requests), so stopping it never loses an answer.
+//
+// It also runs the periodic position check of every room (check): one
+// timer and one batched read of all rooms' positions per CheckInterval,
+// instead of a timer and a history read per room.
 type directory struct {
 	s     *System
 	props *actor.Props
@@ -20,6 +26,8 @@ type directory struct {
 	byID  map[string]string // room actor id -> room name
 	// create is the room creation rate (limits.go).
 	create *rate.Limiter
+	timer  *time.Timer // the next checkTick
+	check  bool        // a position check's read is in flight
 }
 
 // dirRoom is the directory's entry for one live room actor.
@@ -39,6 +47,17 @@ func newDirectory(s *System) actor.Actor {
 // Receive is the directory's message loop.
 func (d *directory) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		d.arm(ctx)
+	case *checkTick:
+		d.arm(ctx)
+		d.checkRooms(ctx)
+	case *checkDone:
+		d.check = false
+	case *actor.Stopping:
+		if d.timer != nil {
+			d.timer.Stop()
+		}
 	case *roomOp:
 		e := d.rooms[msg.room]
 		if e == nil {
@@ -78,6 +97,48 @@ func (d *directory) Receive(ctx actor.Context) {
 			delete(d.byID, msg.Who.Id)
 		}
 	}
+}
+
+// arm schedules the next position check.
+func (d *directory) arm(ctx actor.Context) {
+	self, root := ctx.Self(), d.s.root
+	d.timer = time.AfterFunc(d.s.cfg.CheckInterval, func() { root.Send(self, &checkTick{}) })
+}
+
+// checkRooms reads the bus position of every room in one call
+// (Broker.Positions: one pipeline on Redis) on a transient goroutine, and
+// posts each room its position (positionRead); the room reads history only
+// if the bus is not exactly where it delivered. One check is in flight at a
+// time: a tick that finds the last one still reading is skipped. A room
+// spawned or stopped meanwhile is checked next time.
+func (d *directory) checkRooms(ctx actor.Context) {
+	if d.check || len(d.rooms) == 0 {
+		return
+	}
+	d.check = true
+	names := make([]string, 0, len(d.rooms))
+	pids := make([]*actor.PID, 0, len(d.rooms))
+	for name, e := range d.rooms {
+		names = append(names, name)
+		pids = append(pids, e.pid)
+	}
+	b, self, root := d.s.cfg.Broker, ctx.Self(), d.s.root
+	d.s.goTask(func() {
+		cctx, cancel := d.s.brokerCtx()
+		pos, err := b.Positions(cctx, names)
+		cancel()
+		if err != nil {
+			d.s.log.Warn("directory: position check failed: every room reads for itself", "rooms", len(names), "err", err)
+		}
+		for i, pid := range pids {
+			m := &positionRead{err: err}
+			if err == nil {
+				m.pos = pos[i]
+			}
+			root.Send(pid, m)
+		}
+		root.Send(self, &checkDone{})
+	})
 }
 
 func (d *directory) forget(name string, pid *actor.PID) {

@@ -19,7 +19,13 @@
 //     number of joins forwarded to each room. Every *roomOp of every
 //     connection travels connection -> directory -> room, so one connection's
 //     ops reach a room in the order it sent them. Rooms are its children;
-//     their supervision is Stop.
+//     their supervision is Stop. It also runs the periodic position check:
+//     every CheckInterval one Broker.Positions read of all its rooms (one
+//     at a time, on a transient goroutine), and each room gets its
+//     position (*positionRead). Measured, it is not a serial point: about
+//     2.5 µs per op, a twelfth of what a join or leave costs on the whole
+//     path (BenchmarkDirectoryJoinLeave), 2 % of a core at 10,000
+//     publishes/s.
 //   - Room actor (room.go), one per active room: its members (PID -> name,
 //     session, plain flag, replay state), each Watched; the room's position
 //     (the sequencer, order.go); its op queue (sends, and each connection's
@@ -35,7 +41,8 @@
 // write to a socket (a history or presence reply is encoded there, posted
 // to the room, and handed by the room to the asking connection). They are
 // counted so Shutdown can wait for them. No goroutine or timer exists per
-// connection; each room has one check timer (time.AfterFunc).
+// connection or per room: the directory has the one check timer
+// (time.AfterFunc) of the node's periodic position check.
 //
 // # Outbound frames
 //
@@ -74,6 +81,9 @@
 //     when the read began, in the same epoch, or holding no epoch at all,
 //     calls Broker.Rollover; members then get the same reset as after a
 //     lost history: joined{recovered:false}, then the new epoch's messages.
+//     The periodic check reads history only for a room whose batched
+//     position is not exactly the (epoch, last) it delivered
+//     (sequencer.current), so a quiet room costs one entry of one pipeline.
 //   - joined goes out only after the relay confirmed the subscription. With
 //     since: joined, then the replay (seq in (since, last]) from history,
 //     then the live frames buffered meanwhile, with no gap and no duplicate.

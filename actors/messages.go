@@ -83,7 +83,7 @@ type roomOp struct {
 	limit   int    // history
 }
 
-// Messages to the directory.
+// roomEmpty: a room is empty and idle (to the directory).
 type roomEmpty struct {
 	room  string
 	pid   *actor.PID
@@ -129,5 +129,19 @@ type (
 		pos relay.Position
 		err error
 	}
+	// positionRead: the room's position on the bus, read by the
+	// directory's periodic check for every room at once (err: the read
+	// failed; the room checks for itself).
+	positionRead struct {
+		pos relay.Position
+		err error
+	}
+)
+
+// Messages to the directory.
+type (
+	// checkTick: time for the periodic position check of every room.
 	checkTick struct{}
+	// checkDone: the position check's read is done (another may start).
+	checkDone struct{}
 )

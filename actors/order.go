@@ -149,6 +149,17 @@ func (s *sequencer) check() bool {
 	return true
 }
 
+// current reports whether pos, the room's position on the bus as a
+// periodic check read it, shows nothing to do: live, no read in flight,
+// nothing held, and the bus at exactly the epoch and seq delivered. Anything
+// else (the bus ahead, behind, in another epoch or holding nothing) calls
+// for a check, whose history read decides (rolledBack, applyHistory): the
+// position was read a moment ago, so a difference may be a message still on
+// its way, and proves nothing by itself.
+func (s *sequencer) current(pos relay.Position) bool {
+	return s.live && !s.fetching && len(s.held) == 0 && pos.Epoch == s.epoch && pos.Seq == s.last
+}
+
 // fetchFailed ends a history read that failed; held messages wait for the
 // next check.
 func (s *sequencer) fetchFailed() { s.fetching = false }

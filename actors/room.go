@@ -66,8 +66,7 @@ type room struct {
 	presDone chan struct{} // closed when the presence batch in flight ends
 	queries  int           // history/presence reads in flight
 	presGate presenceGate  // member_joined/member_left on or off (presence_gate.go)
-	timer    *time.Timer
-	steps    []step // scratch
+	steps    []step        // scratch
 }
 
 // Receive is the room actor's message loop.
@@ -136,15 +135,14 @@ func (r *room) Receive(ctx actor.Context) {
 		r.disconnect(msg) // room_control.go
 	case *relay.PresenceDelivery:
 		r.presenceEvent(ctx, msg.Event)
-	case *relay.Resync, *checkTick:
-		if _, tick := msg.(*checkTick); tick {
-			r.armTimer(ctx)
-			r.presenceTick()
+	case *positionRead:
+		r.presenceTick()
+		if msg.err == nil && r.seq.current(msg.pos) {
+			return // the bus holds what the room delivered: nothing to read
 		}
-		if r.seq.check() {
-			r.s.count.checks.Add(1)
-			r.fetch(ctx)
-		}
+		r.check(ctx)
+	case *relay.Resync:
+		r.check(ctx)
 	case *relay.Subscribed:
 		r.subscribed(ctx, msg)
 	case *actor.Terminated:
@@ -159,7 +157,6 @@ func (r *room) Receive(ctx actor.Context) {
 		r.names = make(map[string]*member)
 		r.pending = make(map[string]int)
 		ctx.Send(r.s.relayPID, &relay.Subscribe{Room: r.name, PID: ctx.Self()})
-		r.armTimer(ctx)
 	case *actor.Stopping:
 		if r.s != nil {
 			r.stopping(ctx)
@@ -172,9 +169,6 @@ func (r *room) Receive(ctx actor.Context) {
 // here) and members (removed from presence, after the presence batch in
 // flight, so a remove never overtakes its add).
 func (r *room) stopping(ctx actor.Context) {
-	if r.timer != nil {
-		r.timer.Stop()
-	}
 	ctx.Send(r.s.relayPID, &relay.Unsubscribe{Room: r.name, PID: ctx.Self()})
 	for _, op := range append(r.waiting, r.queue...) {
 		r.refuse(ctx, op, "room %q is closing", r.name)
@@ -218,11 +212,6 @@ func (r *room) refuse(ctx actor.Context, op *roomOp, format string, args ...any)
 		r.sendFailed(op)
 	case opQuit:
 	}
-}
-
-func (r *room) armTimer(ctx actor.Context) {
-	self, root := ctx.Self(), r.s.root
-	r.timer = time.AfterFunc(r.s.cfg.CheckInterval, func() { root.Send(self, &checkTick{}) })
 }
 
 // subscribed handles the relay's answer: the room goes live, or every
@@ -543,6 +532,13 @@ func (r *room) suspect(ctx actor.Context, pos relay.Position, err error) {
 	if err != nil || !r.seq.live || pos.Epoch != "" && (pos.Epoch != r.seq.epoch || pos.Seq >= r.seq.last) {
 		return
 	}
+	r.check(ctx)
+}
+
+// check starts a position check, a history read after the last seq
+// delivered, unless a read is in flight (sequencer.check); the read
+// decides (fetchDone: rolledBack, applyHistory).
+func (r *room) check(ctx actor.Context) {
 	if r.seq.check() {
 		r.s.count.checks.Add(1)
 		r.fetch(ctx)
