@@ -255,7 +255,7 @@ func renderMarkdown(recs []record, machine, notes string) (string, error) {
 	}
 	fanTable(&b, groups, "2. Fan-out, one node (one room, 64-byte messages)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms == 1 })
 	fanTable(&b, groups, "3. Cross-node (2 nodes + Redis, senders on node 1, receivers half on each; the floor: one process, same clients and rate)", cross)
-	fanTable(&b, groups, "4. Many rooms, many senders (one sender per room; the floor has no rooms)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms > 1 })
+	fanTable(&b, groups, "4. Many rooms, many senders (clients / rooms / senders as in the table, each sender at 1 msg/s; the floor has no rooms)", func(g *group) bool { return !cross(g) && g.fan[0].Rooms > 1 })
 	writeStormTable(&b, groups)
 	writeConnectTable(&b, groups)
 	b.WriteString("\n<details><summary>Exact commands (first run of each; ports differ per run)</summary>\n\n```\n")
