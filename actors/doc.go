@@ -23,7 +23,7 @@
 //     every CheckInterval one Broker.Positions read of all its rooms (one
 //     at a time, on a transient goroutine), and each room gets its
 //     position (*positionRead). Measured, it is not a serial point: about
-//     2.5 µs per op, a twelfth of what a join or leave costs on the whole
+//     2.5 µs per op, a twentieth of what a join or leave costs on the whole
 //     path (BenchmarkDirectoryJoinLeave), 2 % of a core at 10,000
 //     publishes/s.
 //   - Room actor (room.go), one per active room: its members (PID -> name,
