@@ -27,7 +27,8 @@
 //     path (BenchmarkDirectoryJoinLeave), 2 % of a core at 10,000
 //     publishes/s.
 //   - Room actor (room.go), one per active room: its members (PID -> name,
-//     session, plain flag, replay state), each Watched; the room's position
+//     session, plain flag, replay state), not Watched (a connection actor
+//     quits its rooms as it stops); the room's position
 //     (the sequencer, order.go); its op queue (sends, and each connection's
 //     later ops behind them), its presence queue, and the count of history
 //     and presence reads in flight. It owns no state that matters beyond
@@ -92,10 +93,10 @@
 //     and only once idle (nothing queued or in flight); the directory stops
 //     it only if it forwarded no join since, so a join racing with the stop
 //     is never lost, and no publish, presence change or read is cut off.
-//   - Every leave, quit (connection stopping), Terminated member and room
-//     stop removes the member from presence, queued behind the presence
-//     batch in flight (at a stop, chained after it), so a remove never
-//     overtakes its add and none is skipped.
+//   - Every leave, quit (connection stopping) and room stop removes the
+//     member from presence, queued behind the presence batch in flight
+//     (at a stop, chained after it), so a remove never overtakes its add
+//     and none is skipped.
 //   - Drain (per connection): reconnect is queued, then the Session stops
 //     taking frames (HandleMessage posts under a lock, so every frame taken
 //     is in the mailbox ahead of readStopped), every frame taken is served

@@ -145,12 +145,6 @@ func (r *room) Receive(ctx actor.Context) {
 		r.check(ctx)
 	case *relay.Subscribed:
 		r.subscribed(ctx, msg)
-	case *actor.Terminated:
-		r.purge(msg.Who.Id)
-		if i, ok := r.index[msg.Who.Id]; ok {
-			r.remove(ctx, i, false)
-		}
-		r.checkEmpty(ctx)
 	case *roomInit:
 		r.s, r.name = msg.s, msg.name
 		r.index = make(map[string]int)
@@ -256,7 +250,7 @@ func (r *room) op(ctx actor.Context, op *roomOp) {
 		// what it queued is not run (its sends find no member).
 		r.purge(op.conn.Id)
 		if i, ok := r.index[op.conn.Id]; ok {
-			r.remove(ctx, i, true)
+			r.remove(ctx, i)
 		}
 		r.checkEmpty(ctx)
 		return
@@ -286,7 +280,7 @@ func (r *room) exec(ctx actor.Context, op *roomOp) {
 		r.admit(ctx, op)
 	case opLeave:
 		if i, ok := r.index[op.conn.Id]; ok {
-			r.remove(ctx, i, true)
+			r.remove(ctx, i)
 		}
 		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 	case opFlush:
@@ -353,7 +347,9 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		if m.plain {
 			r.plains++
 		}
-		ctx.Watch(op.conn)
+		// Not Watched: a connection actor quits every room it joined as it
+		// stops (opQuit, conn.go), behind its earlier ops. A watch cost each
+		// member ~0.6 KiB (protoactor's context extras and a watcher set).
 		r.presenceResized(m)
 		r.presQ = append(r.presQ, presOp{add: true, m: r.presenceMember(m)})
 		r.runPresence(ctx)
@@ -394,7 +390,7 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		// is not lost, so do not say it is. Refuse the join as a failed
 		// subscribe does; the client joins again with the same since.
 		r.s.log.Warn("room: replay read failed, join refused", "room", r.name, "err", d.err)
-		r.remove(ctx, i, true)
+		r.remove(ctx, i)
 		e := protocol.Errorf(protocol.CodeUnavailable, d.id, "room %q: history unavailable: try again", r.name)
 		ctx.Send(d.conn, &dropRoom{room: r.name, frame: r.s.errFrame(e), err: e})
 		r.checkEmpty(ctx)
@@ -437,8 +433,8 @@ func (r *room) presenceMember(m *member) relay.Member {
 	return relay.Member{Session: m.session, Name: m.name, Node: r.s.cfg.NodeID}
 }
 
-// remove drops member i (left, quit or terminated).
-func (r *room) remove(ctx actor.Context, i int, unwatch bool) {
+// remove drops member i (left, quit, or its replay failed).
+func (r *room) remove(ctx actor.Context, i int) {
 	m := r.members[i]
 	last := len(r.members) - 1
 	if i != last {
@@ -454,9 +450,6 @@ func (r *room) remove(ctx actor.Context, i int, unwatch bool) {
 	}
 	if m.plain {
 		r.plains--
-	}
-	if unwatch {
-		ctx.Unwatch(m.pid)
 	}
 	r.presenceResized(nil)
 	r.presQ = append(r.presQ, presOp{m: r.presenceMember(m)})
