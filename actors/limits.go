@@ -71,10 +71,50 @@ const strikeForgiveness = time.Second
 // inboundLimit is one connection's rate limit: a token bucket for the
 // frames it sends, and one for the frames it may have refused before it is
 // closed. Allocated on the connection's first frame, so an idle connection
-// does not pay for it. Owned by the connection actor.
+// that never sent one does not pay for it; 32 bytes (two x/time/rate
+// Limiters were ~180, with a mutex the actor does not need). Owned by the
+// connection actor.
 type inboundLimit struct {
-	frames  *rate.Limiter
-	strikes *rate.Limiter
+	frames  bucket
+	strikes bucket
+}
+
+// bucket is a token bucket with the semantics of x/time/rate's AllowN(now,
+// 1): it refills at a rate per second up to a burst, starts full, and takes
+// one token per event allowed. The rate and burst are passed on each call,
+// so a bucket is two words. Not safe for concurrent use.
+type bucket struct {
+	tokens float64 // at last
+	last   int64   // monotonic nanoseconds (monoNow) of the last change
+}
+
+// monoBase anchors monoNow.
+var monoBase = time.Now()
+
+// monoNow is monotonic time in nanoseconds, for buckets.
+func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// fullBucket is a bucket holding burst tokens at now.
+func fullBucket(burst int, now int64) bucket { return bucket{tokens: float64(burst), last: now} }
+
+// tokensAt is how many tokens the bucket holds at now.
+func (b *bucket) tokensAt(now int64, perSecond float64, burst int) float64 {
+	elapsed := max(now-b.last, 0)
+	return min(b.tokens+float64(elapsed)/float64(time.Second)*perSecond, float64(burst))
+}
+
+// allow takes a token at now if there is one, and reports whether it did.
+// An infinite rate allows everything.
+func (b *bucket) allow(now int64, perSecond float64, burst int) bool {
+	if math.IsInf(perSecond, 1) {
+		return true
+	}
+	t := b.tokensAt(now, perSecond, burst) - 1
+	if t < 0 {
+		return false
+	}
+	b.tokens, b.last = t, now
+	return true
 }
 
 // allowFrame decides whether the connection may be served one more frame
@@ -84,21 +124,18 @@ type inboundLimit struct {
 // It reports whether the frame may be served.
 func (c *conn) allowFrame(ctx actor.Context, payload []byte) bool {
 	cfg := &c.s.cfg
+	now := monoNow()
 	if c.limit == nil {
-		c.limit = &inboundLimit{
-			frames:  rate.NewLimiter(rate.Limit(cfg.MessageRate), cfg.MessageBurst),
-			strikes: rate.NewLimiter(rate.Every(strikeForgiveness), cfg.RateLimitStrikes),
-		}
+		c.limit = &inboundLimit{frames: fullBucket(cfg.MessageBurst, now), strikes: fullBucket(cfg.RateLimitStrikes, now)}
 	}
-	now := time.Now()
-	if c.limit.frames.AllowN(now, 1) {
+	if c.limit.frames.allow(now, cfg.MessageRate, cfg.MessageBurst) {
 		return true
 	}
-	if !c.limit.strikes.AllowN(now, 1) {
+	if !c.limit.strikes.allow(now, 1/strikeForgiveness.Seconds(), cfg.RateLimitStrikes) {
 		c.close(ctx, closePolicy, "rate limit exceeded")
 		return false
 	}
-	wait := (1 - c.limit.frames.TokensAt(now)) / cfg.MessageRate // seconds until one token
+	wait := (1 - c.limit.frames.tokensAt(now, cfg.MessageRate, cfg.MessageBurst)) / cfg.MessageRate // seconds until one token
 	ms := int64(math.Ceil(wait * 1000))
 	if c.plain {
 		c.s.count.refused.add(protocol.CodeRateLimited)

@@ -3,10 +3,13 @@ package actors
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"parley/relay"
 	"parley/relay/relaytest"
@@ -273,5 +276,49 @@ func TestNamesUniquePerRoom(t *testing.T) {
 	}
 	if guests[0] == guests[1] || !strings.HasPrefix(guests[0], "guest-") {
 		t.Fatalf("guest names %q", guests)
+	}
+}
+
+// TestBucketMatchesRateLimiter: the connection's two-word token bucket
+// allows exactly what x/time/rate's Limiter (what it replaced) allows, and
+// reports the same tokens, over bursts, refills, refusals and a clock that
+// does not move.
+func TestBucketMatchesRateLimiter(t *testing.T) {
+	ms := int64(time.Millisecond)
+	cases := []struct {
+		name  string
+		rate  float64
+		burst int
+		at    []int64 // event times, ms after the start
+	}{
+		{"burst then refused", 100, 5, []int64{0, 0, 0, 0, 0, 0, 0}},
+		{"refills at the rate", 100, 2, []int64{0, 0, 0, 5, 10, 10, 20, 20, 20, 1000, 1000, 1000}},
+		{"strikes: one a second", 1, 3, []int64{0, 1, 2, 3, 999, 1001, 1500, 2002, 2003, 5000, 5000, 5000, 5000}},
+		{"fractional rate", 0.5, 1, []int64{0, 1000, 1999, 2000, 2001, 4001}},
+		{"no burst: nothing", 10, 0, []int64{0, 100, 10000}},
+		{"steady under the rate", 100, 200, []int64{0, 10, 20, 30, 40, 50}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			lim := rate.NewLimiter(rate.Limit(tc.rate), tc.burst)
+			b := fullBucket(tc.burst, 0)
+			for i, at := range tc.at {
+				now := start.Add(time.Duration(at * ms))
+				want := lim.AllowN(now, 1)
+				if got := b.allow(at*ms, tc.rate, tc.burst); got != want {
+					t.Fatalf("event %d at %d ms: bucket allowed %v, rate.Limiter %v", i, at, got, want)
+				}
+				if got, want := b.tokensAt(at*ms, tc.rate, tc.burst), lim.TokensAt(now); math.Abs(got-want) > 1e-9 {
+					t.Fatalf("event %d at %d ms: bucket holds %v tokens, rate.Limiter %v", i, at, got, want)
+				}
+			}
+		})
+	}
+	inf := fullBucket(0, 0)
+	for i := range 3 {
+		if !inf.allow(int64(i), math.Inf(1), 0) {
+			t.Fatal("an infinite rate refused an event")
+		}
 	}
 }
