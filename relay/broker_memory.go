@@ -48,7 +48,7 @@ type Memory struct {
 	mu        sync.Mutex // guards everything below
 	handler   Handler
 	rooms     map[string]*memRoom
-	presence  map[string]map[string]Member // room -> session -> member; no empty sets
+	presence  map[string]map[string]presentAs // room -> session -> member; no empty sets
 	subs      map[string]struct{}
 	stats     Stats
 	closed    bool
@@ -88,7 +88,7 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		window:   cfg.IdempotencyWindow,
 		now:      cfg.Now,
 		rooms:    make(map[string]*memRoom),
-		presence: make(map[string]map[string]Member),
+		presence: make(map[string]map[string]presentAs),
 		subs:     make(map[string]struct{}),
 	}
 	if m.size <= 0 {
@@ -419,10 +419,10 @@ func (m *Memory) memPresence(ctx context.Context, room string, mem Member, add b
 	set := m.presence[room]
 	if add {
 		if set == nil {
-			set = make(map[string]Member)
+			set = make(map[string]presentAs)
 			m.presence[room] = set
 		}
-		set[mem.Session] = mem
+		set[mem.Session] = presentAs{name: mem.Name, node: mem.Node}
 	} else {
 		if _, ok := set[mem.Session]; !ok {
 			return nil
@@ -438,6 +438,11 @@ func (m *Memory) memPresence(ctx context.Context, room string, mem Member, add b
 	return nil
 }
 
+// presentAs is a Member in a presence set, without the session it is
+// keyed by: one record per membership, so 16 bytes a slot matter (an idle
+// node holds one per joined connection).
+type presentAs struct{ name, node string }
+
 // Presence lists room's members, sorted by name then session.
 func (m *Memory) Presence(ctx context.Context, room string) ([]Member, error) {
 	if err := ctx.Err(); err != nil {
@@ -449,8 +454,8 @@ func (m *Memory) Presence(ctx context.Context, room string) ([]Member, error) {
 		return nil, err
 	}
 	out := make([]Member, 0, len(m.presence[room]))
-	for _, mem := range m.presence[room] {
-		out = append(out, mem)
+	for session, p := range m.presence[room] {
+		out = append(out, Member{Session: session, Name: p.name, Node: p.node})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Name != out[j].Name {
