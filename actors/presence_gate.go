@@ -87,7 +87,7 @@ func (r *room) presenceTick() {
 func (r *room) tellPresenceEvents(state string, skip *member) {
 	f := frameOf(protocol.PresenceEvents{Type: protocol.TypePresenceEvents, Room: r.name, State: state})
 	for _, m := range r.members {
-		if m.plain || m.replaying || m == skip {
+		if m.plain || m.replay != nil || m == skip {
 			continue
 		}
 		_ = m.out.send(f)

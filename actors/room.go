@@ -22,15 +22,19 @@ type roomInit struct {
 
 // member is one local connection in a room. Owned by the room actor.
 type member struct {
-	pid       *actor.PID
-	out       outbox // the member's socket: fan-out queues frames on it directly
-	name      string
-	user      string // authenticated user id ("" without token auth)
-	session   string
-	plain     bool
-	replaying bool        // a since-join's history read is in flight
-	gen       uint64      // room.gen when the replay started
-	buffered  []heldFrame // live frames held while replaying
+	pid     *actor.PID
+	out     outbox // the member's socket: fan-out queues frames on it directly
+	name    string
+	user    string // authenticated user id ("" without token auth)
+	session string
+	plain   bool
+	replay  *replayHold // non-nil while a since-join's history read is in flight
+}
+
+// replayHold is what a member replaying history holds aside, allocated only
+// while it replays: a member entry stays at 96 bytes.
+type replayHold struct {
+	frames []heldFrame // live frames held while replaying
 }
 
 type presOp struct {
@@ -359,14 +363,12 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		return
 	}
 	if op.since == nil {
-		if m.replaying {
-			m.replaying, m.buffered = false, nil
-		}
+		m.replay = nil
 		_ = m.out.send(r.joinedFrame(true))
 		return
 	}
 	// Replay: hold live frames for m until history is read.
-	m.replaying, m.gen, m.buffered = true, r.gen, nil
+	m.replay = &replayHold{}
 	since, epoch, conn, gen, id := *op.since, op.epoch, op.conn, r.gen, op.id
 	b, room, self, root := r.s.cfg.Broker, r.name, ctx.Self(), r.s.root
 	r.s.goTask(func() {
@@ -381,7 +383,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 // frames held meanwhile, with no gap and no duplicate at the seam.
 func (r *room) replayed(ctx actor.Context, d *replayDone) {
 	i, ok := r.index[d.conn.Id]
-	if !ok || !r.members[i].replaying {
+	if !ok || r.members[i].replay == nil {
 		return
 	}
 	m := r.members[i]
@@ -396,8 +398,8 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		r.checkEmpty(ctx)
 		return
 	}
-	buffered := m.buffered
-	m.replaying, m.buffered = false, nil
+	buffered := m.replay.frames
+	m.replay = nil
 	res := d.res
 	recovered := d.err == nil && d.gen == r.gen && res.Position.Epoch == r.seq.epoch &&
 		(d.epoch == "" || d.epoch == r.seq.epoch) && d.since <= r.seq.last &&
@@ -481,8 +483,8 @@ func (r *room) apply(ctx actor.Context) {
 				if m.plain {
 					continue
 				}
-				if m.replaying {
-					m.buffered = nil // its replay is void (gen changed)
+				if m.replay != nil {
+					m.replay.frames = nil // its replay is void (gen changed)
 					continue
 				}
 				_ = m.out.send(f)
@@ -506,8 +508,8 @@ func (r *room) fanout(ctx actor.Context, msg relay.Message) {
 		switch {
 		case m.plain:
 			_ = m.out.send(pf)
-		case m.replaying:
-			m.buffered = append(m.buffered, heldFrame{seq: msg.Seq, frame: jf})
+		case m.replay != nil:
+			m.replay.frames = append(m.replay.frames, heldFrame{seq: msg.Seq, frame: jf})
 		case i == last:
 			// The fan-out's tail: its write completion is the message's
 			// end-to-end latency on this node (stats.go).
