@@ -21,15 +21,16 @@ import (
 // the actor, which alone touches connAuth.
 
 // connAuth is a connection's auth state; owned by its connection actor.
+// Ordered so it packs into 24 bytes (it lives as long as the connection).
 type connAuth struct {
-	waiting bool           // no identity yet: the next frame must be auth
 	id      *auth.Identity // nil: not authenticated (or auth off)
 	timer   *time.Timer    // auth deadline while waiting, else the expiry
-	gen     uint64         // bumped per timer: a stale tick is ignored
+	gen     uint32         // bumped per timer: a stale tick is ignored
+	waiting bool           // no identity yet: the next frame must be auth
 }
 
 // authTimer fires the auth deadline or the token's expiry.
-type authTimer struct{ gen uint64 }
+type authTimer struct{ gen uint32 }
 
 func (a *connAuth) user() string {
 	if a.id == nil {

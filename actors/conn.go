@@ -24,25 +24,26 @@ const (
 
 // conn is the connection actor: one per socket. It alone touches its
 // fields; it queues its replies through its outbox. Kept small: it lives as
-// long as the socket.
+// long as the socket (fields ordered so it packs into 144 bytes).
 type conn struct {
-	s       *System
-	out     outbox
-	sess    *Session
-	name    string
-	rooms   []string // joined (or joining) rooms
+	s     *System
+	out   outbox
+	sess  *Session
+	name  string
+	rooms []string      // joined (or joining) rooms
+	limit *inboundLimit // rate limit (limits.go); nil until the first frame
+
+	drainReason string
+	auth        connAuth // token auth (auth.go)
+	flushes     int32    // drain: opFlush sent to rooms and not yet answered
+
 	plain   bool
-	closing bool          // Close/Kick called: send nothing more
-	query   bool          // a history or presence request is in flight
-	limit   *inboundLimit // rate limit (limits.go); nil until the first frame
+	closing bool // Close/Kick called: send nothing more
+	query   bool // a history or presence request is in flight
 
 	// Drain (see drainStep): told to go, reading stopped, flushes awaited.
 	draining    bool
 	readStopped bool
-	flushes     int // opFlush sent to rooms and not yet answered
-	drainReason string
-
-	auth connAuth // token auth (auth.go)
 }
 
 // Receive is the connection actor's message loop.

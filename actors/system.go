@@ -146,18 +146,20 @@ type System struct {
 }
 
 // Session is the node's handle on one connection actor.
+//
+// Fields are ordered so it packs into 48 bytes (one per connection).
 type Session struct {
-	sys   *System
-	pid   *actor.PID
-	id    string
-	plain bool        // seed mode, for the plain connection count
-	done  atomic.Bool // set when the actor stops; later posts are dropped
+	sys *System
+	pid *actor.PID
+	id  string
 
 	// gate orders HandleMessage's posts against stopReading: a frame is
 	// posted under it, so once stopped is set every frame read is already
 	// in the mailbox, ahead of readStopped.
 	gate    sync.Mutex
-	stopped bool // guarded by gate: frames are no longer read (drain)
+	done    atomic.Bool // set when the actor stops; later posts are dropped
+	plain   bool        // seed mode, for the plain connection count
+	stopped bool        // guarded by gate: frames are no longer read (drain)
 }
 
 // stopDecider stops a failing actor instead of restarting it.
