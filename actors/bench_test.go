@@ -157,3 +157,51 @@ func (a *answerTransport) Send(f []byte) error {
 }
 func (a *answerTransport) Close(ws.StatusCode, string) {}
 func (a *answerTransport) Kick(ws.StatusCode, string)  {}
+
+// BenchmarkJoinedSessions reports the heap held per idle connection that
+// joined one room (connection actor, session, member entry, presence record
+// in the embedded bus, registry entry), spawning 15,000 sessions spread over
+// 1 or 100 rooms with a no-op transport, as parley-bench idle --join does.
+// Run: go test -run x -bench JoinedSessions -benchtime 1x ./actors/
+func BenchmarkJoinedSessions(b *testing.B) {
+	for _, rooms := range []int{1, 100} {
+		b.Run(fmt.Sprintf("rooms=%d", rooms), func(b *testing.B) {
+			const n = 15000
+			sys, mem := benchEnv(b)
+			var frames atomic.Int64
+			var ms runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			before := ms.HeapAlloc
+			sessions := make([]*Session, 0, n)
+			for i := 0; i < n; i++ {
+				s, err := sys.Connect(&countTransport{n: &frames}, ConnInfo{Name: fmt.Sprintf("u%d", i)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.HandleMessage(ws.OpText, fmt.Appendf(nil, `{"type":"join","room":"bench%d"}`, i%rooms))
+				sessions = append(sessions, s)
+			}
+			waitCount(b, &frames, 2*n) // welcome + joined each (presence events come on top)
+			deadline := time.Now().Add(time.Minute)
+			for present := 0; present < n; {
+				if time.Now().After(deadline) {
+					b.Fatalf("timeout: %d of %d members in presence", present, n)
+				}
+				time.Sleep(10 * time.Millisecond)
+				present = 0
+				for r := range rooms {
+					l, err := mem.Presence(context.Background(), fmt.Sprintf("bench%d", r))
+					if err != nil {
+						b.Fatal(err)
+					}
+					present += len(l)
+				}
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			b.ReportMetric(float64(ms.HeapAlloc-before)/n, "heap-bytes/session")
+			runtime.KeepAlive(sessions)
+		})
+	}
+}
