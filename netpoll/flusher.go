@@ -60,6 +60,7 @@ func (f *flusher) signal() {
 func (f *flusher) run() {
 	defer f.done.Done()
 	batch := make([]*Conn, 0, flushChunk)
+	scratch := newWriteScratch()
 	for {
 		select {
 		case <-f.stop:
@@ -88,7 +89,7 @@ func (f *flusher) run() {
 			for _, c := range batch {
 				c.mu.Lock()
 				c.flags &^= fFlushQueued
-				c.flushLocked()
+				c.flushWithLocked(scratch)
 				c.mu.Unlock()
 			}
 			clear(batch)

@@ -126,6 +126,13 @@ func (c *Conn) readLoop() {
 	c.finish()
 }
 
+// newWriteScratch: the writer goroutine writes with net.Buffers; no
+// gather buffer.
+func newWriteScratch() []byte { return nil }
+
+// flushWithLocked is flushLocked: the writer goroutine needs no scratch.
+func (c *Conn) flushWithLocked([]byte) { c.flushLocked() }
+
 // flushLocked hands the queue to the writer goroutine, starting it if needed.
 func (c *Conn) flushLocked() {
 	if c.flags&(fFinished|fWriting) != 0 || c.out == nil || c.out.len() == 0 {

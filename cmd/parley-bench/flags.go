@@ -40,6 +40,7 @@ type options struct {
 	runN, workers                             int
 	join                                      bool
 	readEvery                                 time.Duration
+	cpuProfile                                string
 
 	// Derived from the flags by parseOptions.
 	targets []target
@@ -86,6 +87,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.listen, "listen", "", "floor: loopback host:port to serve on (e.g. 127.0.0.1:8090)")
 	fs.IntVar(&o.workers, "workers", 0, "connect/idle: hold connections in at least this many worker processes (0: as --per-process needs)")
 	fs.BoolVar(&o.join, "join", false, "connect/idle: count a connection once it is in a room: on / when greeted (lobby), on /ws after join → joined (rooms PREFIX0… over --rooms)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load generator's own CPU profile to this file (to check that the harness is not what saturates)")
 	fs.DurationVar(&o.readEvery, "read-every", 0, "connect/idle: read and discard what the node sent on every connection this often (0: only when measuring)")
 	return fs
 }

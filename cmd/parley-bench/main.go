@@ -50,6 +50,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 )
@@ -74,6 +75,13 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	o, err := parseOptions(args[1:])
 	if err != nil {
 		return err
+	}
+	if o.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
 	}
 	var progress io.Writer
 	if f, ok := stdout.(*os.File); ok && !o.jsonOut && isTerminal(f) {
@@ -118,6 +126,20 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	default:
 		return fmt.Errorf("unknown mode %q: %s", mode, usage)
 	}
+}
+
+// startCPUProfile profiles this process into path until the returned stop
+// is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // finish records the result (--record) and prints it.
