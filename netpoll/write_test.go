@@ -65,7 +65,7 @@ func TestChurnMidWriteKeepsFramesApart(t *testing.T) {
 		live   = 8               // conns open at once
 		total  = 200             // conns over the test
 		bound  = 3 * time.Second // the churn stops early past this
-		fillKB = 16               // payload size: long writevs
+		fillKB = 16              // payload size: long writevs
 	)
 	h := newRecorder(false)
 	s := startServer(t, Config{MaxQueueFrames: 64, MaxQueueBytes: 64 * (fillKB + 1) << 10}, h)
