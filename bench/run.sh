@@ -54,7 +54,7 @@ idle-room     1 parley
 idle-rooms100 1 parley
 connect       R floor parley baseline:1
 fanout-100    R floor parley baseline:1
-fanout-1000   R floor parley parley-redis baseline:1
+fanout-1000   R floor parley-plain parley parley-redis baseline:1
 cross-100     R floor parley baseline:1
 cross-1000    1 floor parley
 rooms         1 parley-redis
@@ -281,6 +281,6 @@ for scenario in $scenarios; do
 	log "$scenario: $(($(date +%s) - t0)) s"
 done
 
-notes="Systems: **floor** is \`parley-bench floor\` (one broadcaster goroutine, plain frames, frames that queue while it writes go out together in one write per socket: the least any fan-out server does); **parley** one node on its embedded bus, protocol v1 (JSON on /ws, rooms \`bench0\`…); **parley-redis** the same node on Redis; **baseline** the Node.js ws + Redis design of bench/baseline-node (plain text on /, one Redis channel). Cross-node: Parley and the baseline on two nodes and Redis, the floor alone with the same clients and rate. Idle: \`joined\` says whether each connection was in a room before it counted (lobby on /; join → joined on /ws); joined connections read what the node sends once a second. Latency: the send timestamp carried in the payload → receipt by the client. Loss: expected deliveries (messages × room members) not received within the drain (at most 10 s after sending stops). Node CPU: % of one core from /proc (cross-node and rooms: the nodes, then Redis); bench CPU: the load generator itself. Raw results: bench/reports/results.jsonl; HTML reports: bench/reports/*.html."
+notes="Systems: **floor** is \`parley-bench floor\` (one broadcaster goroutine, plain frames, frames that queue while it writes go out together in one write per socket: the least any fan-out server does); **parley** one node on its embedded bus, protocol v1 (JSON on /ws, rooms \`bench0\`…); **parley-redis** the same node on Redis; **parley-plain** the same node on its plain endpoint (raw text frames like the floor's, everyone in `lobby`): Parley's machinery without JSON; **baseline** the Node.js ws + Redis design of bench/baseline-node (plain text on /, one Redis channel). Cross-node: Parley and the baseline on two nodes and Redis, the floor alone with the same clients and rate. Idle: \`joined\` says whether each connection was in a room before it counted (lobby on /; join → joined on /ws); joined connections read what the node sends once a second. Latency: the send timestamp carried in the payload → receipt by the client. Loss: expected deliveries (messages × room members) not received within the drain (at most 10 s after sending stops). Node CPU: % of one core from /proc (cross-node and rooms: the nodes, then Redis); bench CPU: the load generator itself. Raw results: bench/reports/results.jsonl; HTML reports: bench/reports/*.html."
 "$pb" report --results "$results" --md "$md" --notes "$notes"
 log "done in $(($(date +%s) - started)) s: tables in $md, HTML reports in $reports/"
