@@ -23,12 +23,12 @@ type Config struct {
 	Workers int
 	// Flushers is the number of goroutines writing what Send queued (0: 1).
 	// One is the measured best on 2 cores: while it works through a
-	// fan-out, frames pile up behind each socket and leave in one writev;
+	// fan-out, frames pile up behind each socket and leave in one write;
 	// more flushers write sooner but in smaller, costlier writes
 	// (BENCHMARKS.md).
 	Flushers int
 	// FlushDelay is a batching window: a flusher woken by Send waits this
-	// long before writing, so more frames leave per writev (0: none).
+	// long before writing, so more frames leave per write (0: none).
 	FlushDelay time.Duration
 	// MaxMessageSize caps one data message in bytes, fragments summed
 	// (0: 64 KiB). A frame that would exceed it is answered with close 1009

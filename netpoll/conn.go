@@ -32,7 +32,7 @@ const (
 	fArmed                            // Linux: armed in epoll, an event may come
 	fRunning                          // a goroutine holds the read token
 	fWantOut                          // a write hit EAGAIN: arm EPOLLOUT
-	fWriting                          // a writer works outside mu (Linux: in writev; else: the writer goroutine runs)
+	fWriting                          // a writer works outside mu (Linux: in its write call; else: the writer goroutine runs)
 	fClosing                          // closing: Enqueue fails, data is dropped
 	fCloseQueued                      // our close frame is in the queue
 	fCloseSent                        // our close frame is written, write side shut
@@ -41,7 +41,7 @@ const (
 	fAbort                            // finish as soon as the read token allows
 	fFinished                         // socket closed, HandleClose called or due
 	fFlushQueued                      // listed for a flusher (Send)
-	fCloseByWriter                    // Linux: finished mid-writev; the writer closes the socket
+	fCloseByWriter                    // Linux: finished mid-write; the writer closes the socket
 )
 
 // Conn is one upgraded WebSocket connection registered with a Poller.
@@ -122,7 +122,7 @@ func (c *Conn) Write(frame []byte) error {
 	return nil
 }
 
-// Flush writes the queued frames now, coalesced in one writev; what the
+// Flush writes the queued frames now, coalesced in one write; what the
 // socket does not take is written when it becomes writable. It never blocks.
 func (c *Conn) Flush() {
 	c.mu.Lock()

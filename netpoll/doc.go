@@ -16,7 +16,7 @@
 //   - Flushers (Config.Flushers, default 1) write what Send queued: Send
 //     appends a frame under Conn.mu and, if the conn is not listed yet,
 //     lists it; a flusher takes listed conns in chunks and writes each
-//     queue in one writev. Frames that pile up behind a conn while the
+//     queue in one write, its frames gathered into the flusher's buffer. Frames that pile up behind a conn while the
 //     flusher works through a fan-out leave together, so one flusher
 //     coalesces more than several (BENCHMARKS.md). Fan-out never writes
 //     on the room's goroutine.
@@ -36,11 +36,12 @@
 //     state. There is one writer at a time: whoever finds the fWriting flag
 //     clear under Conn.mu and sets it (Write/Flush callers, a flusher, a
 //     worker on EPOLLOUT, the sweeper). The writer builds the iovecs under
-//     Conn.mu, then releases it for the writev itself, so Send (fan-out) and
+//     Conn.mu (or gathers the frames into its own buffer), then releases it
+//     for the system call itself, so Send (fan-out) and
 //     the epoll loop never wait for a socket write; it loops until the queue
-//     is empty, taking frames queued meanwhile. Frames in a writev now
+//     is empty, taking frames queued meanwhile. Frames in a write now
 //     running count as started: Kick keeps them.
-//     Writes never block: writev takes what the socket takes, the rest waits
+//     Writes never block: the socket takes what it can, the rest waits
 //     for EPOLLOUT and a worker continues it.
 //   - Conn.rd (the Assembler and the upgrade leftovers) belongs to the read
 //     token holder. It is taken from a pool when a frame starts and given
@@ -69,7 +70,7 @@
 // The fd is never closed while it can be used: only the read token holder
 // finishes a conn, and it first marks it finished under Conn.mu (so no writer
 // starts on the fd again), removes it from epoll (EPOLL_CTL_DEL), removes it
-// from the table, and only then closes it, unless a writer is in a writev
+// from the table, and only then closes it, unless a writer is in a write
 // outside Conn.mu: then that writer closes the fd when its writev returns,
 // so the fd number cannot be reused by a new connection under it. On Linux, Add keeps a duplicate
 // of the upgraded socket's fd and closes the net.Conn at once: the runtime's
