@@ -16,10 +16,10 @@
 //   - Flushers (Config.Flushers, default 1) write what Send queued: Send
 //     appends a frame under Conn.mu and, if the conn is not listed yet,
 //     lists it; a flusher takes listed conns in chunks and writes each
-//     queue in one write, its frames gathered into the flusher's buffer. Frames that pile up behind a conn while the
-//     flusher works through a fan-out leave together, so one flusher
-//     coalesces more than several (BENCHMARKS.md). Fan-out never writes
-//     on the room's goroutine.
+//     queue in one write, its frames gathered into the flusher's buffer.
+//     Frames that pile up behind a conn while the flusher works through a
+//     fan-out leave together, so one flusher coalesces more than several
+//     (BENCHMARKS.md). Fan-out never writes on the room's goroutine.
 //   - The sweeper (one per Poller, no timer per conn) pings silent conns,
 //     closes dead ones with 1001 "ping timeout", and aborts closing conns
 //     whose CloseTimeout passed. It alone owns Conn.pingAt.
@@ -37,9 +37,9 @@
 //     clear under Conn.mu and sets it (Write/Flush callers, a flusher, a
 //     worker on EPOLLOUT, the sweeper). The writer builds the iovecs under
 //     Conn.mu (or gathers the frames into its own buffer), then releases it
-//     for the system call itself, so Send (fan-out) and
-//     the epoll loop never wait for a socket write; it loops until the queue
-//     is empty, taking frames queued meanwhile. Frames in a write now
+//     for the system call itself, so Send (fan-out) and the epoll loop never
+//     wait for a socket write; it loops until the queue is empty, taking
+//     frames queued meanwhile. Frames in a write now
 //     running count as started: Kick keeps them.
 //     Writes never block: the socket takes what it can, the rest waits
 //     for EPOLLOUT and a worker continues it.
