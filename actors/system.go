@@ -220,7 +220,7 @@ func New(cfg Config) (*System, error) {
 	s.root = s.as.Root
 	stop := actor.NewOneForOneStrategy(0, 0, stopDecider)
 	s.connProps = actor.PropsFromProducer(func() actor.Actor { return &conn{} },
-		actor.WithMailbox(actor.UnboundedLockfree()),
+		actor.WithMailbox(newConnMailbox), // mailbox.go: ~90 bytes less per connection
 		actor.WithGuardian(stop))
 	var err error
 	s.relayPID, err = relay.Spawn(s.root, relay.ActorConfig{
