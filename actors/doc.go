@@ -43,7 +43,10 @@
 // to the room, and handed by the room to the asking connection). They are
 // counted so Shutdown can wait for them. No goroutine or timer exists per
 // connection or per room: the directory has the one check timer
-// (time.AfterFunc) of the node's periodic position check.
+// (time.AfterFunc) of the node's periodic position check. An actor's
+// messages are processed on a goroutine of protoactor's dispatcher that
+// exists only while its mailbox has messages; connection actors use a
+// smaller mailbox of the same semantics (mailbox.go).
 //
 // # Outbound frames
 //
