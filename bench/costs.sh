@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Measures the unit costs behind the capacity model in BENCHMARKS.md ("Beyond
+# one machine"): node CPU per delivery and per publish, Redis CPU per publish
+# and per pub/sub delivery (per subscribed node), and memory per idle joined
+# connection (node RSS, kernel slab and TCP buffer pages, file descriptors).
+# Every point runs at a load that does not saturate the machine, on fresh
+# processes (redis-server on a free port, one or two nodes on 127.0.0.1).
+#
+# Usage (from anywhere; paths are relative to the repo root):
+#   bench/costs.sh                 every point, PARLEY_COSTS_RUNS times (default 3), then the summary
+#   bench/costs.sh fan100 xrooms   only these points (names below)
+# Environment:
+#   PARLEY_COSTS_RUNS   runs of each load point (default 3; the summary takes medians)
+#   PARLEY_COSTS_OUT    results file (default bench/reports/costs.jsonl, rewritten)
+# Points (64-byte messages, 10 s of sending, one node on Redis unless said):
+#   fan100   1,000 clients in one room, 100 senders, 100 msgs/s   (100 k deliveries/s)
+#   fan300   the same at 300 msgs/s                                (300 k deliveries/s)
+#   rooms    10,000 clients in 1,000 rooms of 10, one sender per room, 1,000 msgs/s
+#   xrooms   the same on two nodes (senders on node 1, the others spread): every room on both nodes
+#   cross100 two nodes, 1,000 clients in one room, 100 senders on node 1, 100 msgs/s
+#   idle     15,000 connections joined to one room (idle --join --rooms 1), memory and fds
+# Not part of `make test`; wrap it in the bench lock like every load run.
+# Every process it starts is killed by PID when it exits.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+runs="${PARLEY_COSTS_RUNS:-3}"
+reports=bench/reports
+logs="$reports/logs"
+out="${PARLEY_COSTS_OUT:-$reports/costs.jsonl}"
+mkdir -p "$logs"
+points="${*:-fan100 fan300 rooms xrooms cross100 idle}"
+
+log() { printf '[costs %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+log "building bin/parley-bench and bin/parley"
+go build -o bin/parley-bench ./cmd/parley-bench
+go build -o bin/parley ./cmd/parley
+pb=bin/parley-bench
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench' ':!*.md' || echo -dirty)"
+rm -f "$out"
+
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+pids=()
+stop_started() {
+	stop_pids
+	pids=()
+}
+trap stop_started EXIT
+trap 'stop_started; exit 130' INT TERM
+
+wait_port() { # port: wait (bounded, 15 s) until something accepts on 127.0.0.1:port
+	local port="$1"
+	for _ in $(seq 1 150); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	log "nothing listens on 127.0.0.1:$port after 15 s"
+	return 1
+}
+
+start_redis() { # sets redis_url, redis_port, redis_pid
+	redis_port="$($pb freeport)"
+	redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$logs/costs-redis-$redis_port.log" 2>&1 &
+	redis_pid=$!
+	pids+=("$redis_pid")
+	wait_port "$redis_port"
+	redis_url="redis://127.0.0.1:$redis_port/0"
+}
+
+start_node() { # id: sets node_url, node_pid, node_probe
+	local lp ap
+	lp="$($pb freeport)"
+	ap="$($pb freeport)"
+	bin/parley --listen "127.0.0.1:$lp" --admin "127.0.0.1:$ap" --node-id "$1" --log-level warn \
+		--redis "$redis_url" --max-conns-per-addr -1 --room-create-rate 100000 >"$logs/costs-node-$1-$lp.log" 2>&1 &
+	node_pid=$!
+	pids+=("$node_pid")
+	wait_port "$lp"
+	wait_port "$ap"
+	node_url="ws://127.0.0.1:$lp/ws"
+	node_probe=(--admin "127.0.0.1:$ap" --pid "$node_pid")
+}
+
+redis_cpu_us() { # Redis used_cpu_sys + used_cpu_user, µs
+	redis-cli -p "$redis_port" info cpu | tr -d '\r' |
+		awk -F: '$1 == "used_cpu_sys" || $1 == "used_cpu_user" {s += $2} END {printf "%d\n", s * 1e6}'
+}
+
+mem_sample() { # pid: one JSON object: slab kB, TCP buffer pages, node fds
+	local slab tcpmem fds
+	slab="$(awk '$1 == "Slab:" {print $2}' /proc/meminfo)"
+	tcpmem="$(awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat)"
+	fds="$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+	printf '{"slab_kb":%s,"tcp_mem_pages":%s,"node_fds":%s}' "$slab" "$tcpmem" "$fds"
+}
+
+fan=(fanout --proto json --duration 10s --size 64 --drain 10s --json)
+
+run_point() { # point run
+	local point="$1" run="$2" res r0 r1 extra=()
+	start_redis
+	start_node n1
+	local url1="$node_url" probe1=("${node_probe[@]}") nodes=1
+	case "$point" in
+	xrooms | cross100)
+		start_node n2
+		extra=(--url "$node_url" --cross-node "${node_probe[@]}")
+		nodes=2
+		;;
+	esac
+	log "run $run: $point"
+	r0="$(redis_cpu_us)"
+	case "$point" in
+	fan100 | fan300)
+		res="$(timeout 120 "$pb" "${fan[@]}" --url "$url1" --clients 1000 --senders 100 --rate "${point#fan}" "${probe1[@]}" --pid "$redis_pid")"
+		;;
+	rooms | xrooms)
+		res="$(timeout 180 "$pb" "${fan[@]}" --url "$url1" "${extra[@]}" --clients 10000 --rooms 1000 --senders 1000 --rate 1000 \
+			--connect-timeout 20s "${probe1[@]}" --pid "$redis_pid")"
+		;;
+	cross100)
+		res="$(timeout 120 "$pb" "${fan[@]}" --url "$url1" "${extra[@]}" --clients 1000 --senders 100 --rate 100 "${probe1[@]}" --pid "$redis_pid")"
+		;;
+	idle)
+		local before during="" sampler
+		before="$(mem_sample "$node_pid")"
+		(
+			most=0 # keep the sample with the most node fds: all connections up
+			while sleep 1; do
+				m="$(mem_sample "$node_pid")"
+				f="$(jq .node_fds <<<"$m")"
+				if [[ "$f" -gt "$most" ]]; then
+					most="$f"
+					echo "$m" >"$logs/costs-idle-sample.json"
+				fi
+			done
+		) &
+		sampler=$!
+		pids+=("$sampler")
+		res="$(timeout 300 "$pb" idle --url "$url1" --proto json --join --rooms 1 --read-every 1s --steps 2000,15000 \
+			"${probe1[@]}" --settle 15s --hold 3s --json)"
+		during="$(cat "$logs/costs-idle-sample.json")"
+		kill "$sampler" 2>/dev/null || true
+		res="$(jq -c --argjson b "$before" --argjson d "$during" '. + {mem_before: $b, mem_at_hold: $d}' <<<"$res")"
+		;;
+	esac
+	r1="$(redis_cpu_us)"
+	jq -c --arg p "$point" --argjson run "$run" --arg c "$commit" --argjson n "$nodes" --argjson rc "$((r1 - r0))" \
+		--arg d "$(date -u +%Y-%m-%dT%H:%MZ)" \
+		'{point: $p, run: $run, commit: $c, date: $d, nodes: $n, redis_info_cpu_us: $rc, result: .}' <<<"$res" >>"$out"
+	stop_started
+}
+
+for point in $points; do
+	n="$runs"
+	[[ "$point" == idle ]] && n=1
+	for run in $(seq 1 "$n"); do
+		run_point "$point" "$run"
+	done
+done
+
+# The summary: per run, the CPU of the send + drain window as µs per
+# operation; medians over runs.
+jq -rs '
+def med: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
+def r1: . * 10 | round / 10;
+[.[] | select(.point != "idle") | .result as $x | ($x.duration_s + $x.drain_s) as $w |
+  ($x.expected - $x.loss) as $d | ($x.node_cpu | map(.cpu_pct)) as $cpu |
+  {point, nodes, sent: $x.sent, deliveries: $d,
+   node_us: (($cpu[0:.nodes] | add) / 100 * $w * 1e6), redis_us: ($cpu[.nodes] / 100 * $w * 1e6),
+   writes: ($x.node_cpu[0:.nodes] | map(.writes) | add), p99_ms: $x.latency.p99_ms}
+  | . + {node_us_per_delivery: (.node_us / .deliveries), redis_us_per_publish: (.redis_us / .sent),
+         deliveries_per_write: (.deliveries / .writes)}]
+| group_by(.point) | .[] |
+  "\(.[0].point): runs \(length), sent \(map(.sent) | med), deliveries \(map(.deliveries) | med), node CPU µs/delivery \(map(.node_us_per_delivery) | med | r1) (runs: \(map(.node_us_per_delivery | r1))), node CPU s \(map(.node_us / 1e6) | med | r1), Redis CPU µs/publish \(map(.redis_us_per_publish) | med | r1) (runs: \(map(.redis_us_per_publish | r1))), deliveries/write \(map(.deliveries_per_write) | med | r1), p99 ms \(map(.p99_ms) | med)"
+' "$out" || true
+jq -r 'select(.point == "idle") | "idle: RSS slope KiB/conn \(.result.slopes[-1].kib_per_conn), heap \(.result.slopes[-1].heap_kib_per_conn), before \(.mem_before | tostring), at hold \(.mem_at_hold | tostring)"' "$out" 2>/dev/null || true
+log "results in $out"
