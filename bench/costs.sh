@@ -19,6 +19,9 @@
 #   xrooms   the same on two nodes (senders on node 1, the others spread): every room on both nodes
 #   cross100 two nodes, 1,000 clients in one room, 100 senders on node 1, 100 msgs/s
 #   idle     15,000 connections joined to one room (idle --join --rooms 1), memory and fds
+# Check points (not in the default set; the model predicts them from the unit costs):
+#   rooms10k   10,000 clients in 1,000 rooms of 10, every client sends at 1 msg/s (the matrix's rooms-10k)
+#   cross1000  two nodes, 2,000 clients in one room, 100 senders on node 1, 1,000 msgs/s (cross-1000)
 # Not part of `make test`; wrap it in the bench lock like every load run.
 # Every process it starts is killed by PID when it exits.
 set -euo pipefail
@@ -108,7 +111,7 @@ run_point() { # point run
 	start_node n1
 	local url1="$node_url" probe1=("${node_probe[@]}") nodes=1
 	case "$point" in
-	xrooms | cross100)
+	xrooms | cross100 | cross1000)
 		start_node n2
 		extra=(--url "$node_url" --cross-node "${node_probe[@]}")
 		nodes=2
@@ -124,8 +127,15 @@ run_point() { # point run
 		res="$(timeout 180 "$pb" "${fan[@]}" --url "$url1" "${extra[@]}" --clients 10000 --rooms 1000 --senders 1000 --rate 1000 \
 			--connect-timeout 20s "${probe1[@]}" --pid "$redis_pid")"
 		;;
+	rooms10k)
+		res="$(timeout 180 "$pb" "${fan[@]}" --url "$url1" --clients 10000 --rooms 1000 --senders 10000 --rate 10000 \
+			--connect-timeout 20s "${probe1[@]}" --pid "$redis_pid")"
+		;;
 	cross100)
 		res="$(timeout 120 "$pb" "${fan[@]}" --url "$url1" "${extra[@]}" --clients 1000 --senders 100 --rate 100 "${probe1[@]}" --pid "$redis_pid")"
+		;;
+	cross1000)
+		res="$(timeout 120 "$pb" "${fan[@]}" --url "$url1" "${extra[@]}" --clients 2000 --senders 100 --rate 1000 "${probe1[@]}" --pid "$redis_pid")"
 		;;
 	idle)
 		local before during="" sampler
