@@ -18,6 +18,7 @@
 #   rooms    10,000 clients in 1,000 rooms of 10, one sender per room, 1,000 msgs/s
 #   xrooms   the same on two nodes (senders on node 1, the others spread): every room on both nodes
 #   cross100 two nodes, 1,000 clients in one room, 100 senders on node 1, 100 msgs/s
+#   quiet1, quiet2  one or two nodes on Redis and no clients for 10 s: Redis's background per node
 #   idle     15,000 connections joined to one room (idle --join --rooms 1), memory and fds
 # Check points (not in the default set; the model predicts them from the unit costs):
 #   rooms10k   10,000 clients in 1,000 rooms of 10, every client sends at 1 msg/s (the matrix's rooms-10k)
@@ -111,7 +112,7 @@ run_point() { # point run
 	start_node n1
 	local url1="$node_url" probe1=("${node_probe[@]}") nodes=1
 	case "$point" in
-	xrooms | cross100 | cross1000)
+	xrooms | cross100 | cross1000 | quiet2)
 		start_node n2
 		extra=(--url "$node_url" --cross-node "${node_probe[@]}")
 		nodes=2
@@ -137,6 +138,10 @@ run_point() { # point run
 	cross1000)
 		res="$(timeout 120 "$pb" "${fan[@]}" --url "$url1" "${extra[@]}" --clients 2000 --senders 100 --rate 1000 "${probe1[@]}" --pid "$redis_pid")"
 		;;
+	quiet1 | quiet2) # a fixed window with nothing to do: the Redis CPU below is the nodes' background
+		sleep 10
+		res='{"window_s":10}'
+		;;
 	idle)
 		local before during="" sampler
 		before="$(mem_sample "$node_pid")"
@@ -161,6 +166,12 @@ run_point() { # point run
 		;;
 	esac
 	r1="$(redis_cpu_us)"
+	# Commands run by scripts count here too (publish, xadd, …): the whole run, joins included.
+	local cmdstats
+	cmdstats="$(redis-cli -p "$redis_port" info commandstats | tr -d '\r' | grep '^cmdstat_' |
+		jq -R -s -c 'split("\n") | map(select(length > 0) | capture("^cmdstat_(?<c>[^:]+):calls=(?<calls>[0-9]+),usec=(?<usec>[0-9]+)")
+			| {(.c): {calls: (.calls | tonumber), usec: (.usec | tonumber)}}) | add // {}')"
+	res="$(jq -c --argjson cs "$cmdstats" '. + {redis_commandstats: $cs}' <<<"$res")"
 	jq -c --arg p "$point" --argjson run "$run" --arg c "$commit" --argjson n "$nodes" --argjson rc "$((r1 - r0))" \
 		--arg d "$(date -u +%Y-%m-%dT%H:%MZ)" \
 		'{point: $p, run: $run, commit: $c, date: $d, nodes: $n, redis_info_cpu_us: $rc, result: .}' <<<"$res" >>"$out"
@@ -169,7 +180,7 @@ run_point() { # point run
 
 for point in $points; do
 	n="$runs"
-	[[ "$point" == idle ]] && n=1
+	[[ "$point" == idle || "$point" == quiet* ]] && n=1
 	for run in $(seq 1 "$n"); do
 		run_point "$point" "$run"
 	done
@@ -180,7 +191,7 @@ done
 jq -rs '
 def med: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
 def r1: . * 10 | round / 10;
-[.[] | select(.point != "idle") | .result as $x | ($x.duration_s + $x.drain_s) as $w |
+[.[] | select(.point != "idle" and (.point | startswith("quiet") | not)) | .result as $x | ($x.duration_s + $x.drain_s) as $w |
   ($x.expected - $x.loss) as $d | ($x.node_cpu | map(.cpu_pct)) as $cpu |
   {point, nodes, sent: $x.sent, deliveries: $d,
    node_us: (($cpu[0:.nodes] | add) / 100 * $w * 1e6), redis_us: ($cpu[.nodes] / 100 * $w * 1e6),
@@ -190,5 +201,6 @@ def r1: . * 10 | round / 10;
 | group_by(.point) | .[] |
   "\(.[0].point): runs \(length), sent \(map(.sent) | med), deliveries \(map(.deliveries) | med), node CPU µs/delivery \(map(.node_us_per_delivery) | med | r1) (runs: \(map(.node_us_per_delivery | r1))), node CPU s \(map(.node_us / 1e6) | med | r1), Redis CPU µs/publish \(map(.redis_us_per_publish) | med | r1) (runs: \(map(.redis_us_per_publish | r1))), deliveries/write \(map(.deliveries_per_write) | med | r1), p99 ms \(map(.p99_ms) | med)"
 ' "$out" || true
+jq -r 'select(.point | startswith("quiet")) | "\(.point): Redis CPU \(.redis_info_cpu_us) µs in \(.result.window_s) s"' "$out" || true
 jq -r 'select(.point == "idle") | "idle: RSS slope KiB/conn \(.result.slopes[-1].kib_per_conn), heap \(.result.slopes[-1].heap_kib_per_conn), before \(.mem_before | tostring), at hold \(.mem_at_hold | tostring)"' "$out" 2>/dev/null || true
 log "results in $out"
