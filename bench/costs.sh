@@ -114,7 +114,9 @@ run_point() { # point run
 	case "$point" in
 	xrooms | cross100 | cross1000 | quiet2)
 		start_node n2
-		extra=(--url "$node_url" --cross-node "${node_probe[@]}")
+		# node 1's probe first: CPU figures come out node 1 (the senders'), node 2, Redis
+		extra=(--url "$node_url" --cross-node)
+		probe1+=("${node_probe[@]}")
 		nodes=2
 		;;
 	esac
