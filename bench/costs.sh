@@ -204,5 +204,5 @@ def r1: . * 10 | round / 10;
   "\(.[0].point): runs \(length), sent \(map(.sent) | med), deliveries \(map(.deliveries) | med), node CPU µs/delivery \(map(.node_us_per_delivery) | med | r1) (runs: \(map(.node_us_per_delivery | r1))), node CPU s \(map(.node_us / 1e6) | med | r1), Redis CPU µs/publish \(map(.redis_us_per_publish) | med | r1) (runs: \(map(.redis_us_per_publish | r1))), deliveries/write \(map(.deliveries_per_write) | med | r1), p99 ms \(map(.p99_ms) | med)"
 ' "$out" || true
 jq -r 'select(.point | startswith("quiet")) | "\(.point): Redis CPU \(.redis_info_cpu_us) µs in \(.result.window_s) s"' "$out" || true
-jq -r 'select(.point == "idle") | "idle: RSS slope KiB/conn \(.result.slopes[-1].kib_per_conn), heap \(.result.slopes[-1].heap_kib_per_conn), before \(.mem_before | tostring), at hold \(.mem_at_hold | tostring)"' "$out" 2>/dev/null || true
+jq -r 'select(.point == "idle") | "idle: RSS slope KiB/conn \(.result.slopes[-1].kib_per_conn), heap \(.result.slopes[-1].heap_kib_per_conn), before \(.result.mem_before | tostring), at hold \(.result.mem_at_hold | tostring)"' "$out" 2>/dev/null || true
 log "results in $out"
