@@ -176,6 +176,9 @@ func (c *Conn) writeLoop() {
 	}
 }
 
+// pending returns the unwritten frames, the first one possibly a tail.
+func (q *outQueue) pending() [][]byte { return q.frames[q.head:] }
+
 // closeSentLocked runs once our close frame is written.
 func (c *Conn) closeSentLocked() {
 	if cw, ok := c.sys.nc.(interface{ CloseWrite() error }); ok {

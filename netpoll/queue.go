@@ -43,9 +43,6 @@ func (q *outQueue) push(frame []byte) {
 	q.bytes += len(frame)
 }
 
-// pending returns the unwritten frames, the first one possibly a tail.
-func (q *outQueue) pending() [][]byte { return q.frames[q.head:] }
-
 // advance marks n bytes written.
 func (q *outQueue) advance(n int) {
 	q.bytes -= n
