@@ -43,24 +43,7 @@ pb=bin/parley-bench
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-pids=()
-stop_started() {
-	stop_pids
-	pids=()
-}
-trap stop_started EXIT
-trap 'stop_started; exit 130' INT TERM
-
-wait_port() { # bounded (15 s) wait until something accepts on 127.0.0.1:$1
-	for _ in $(seq 1 150); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "nothing listens on 127.0.0.1:$1 after 15 s"
-	return 1
-}
+track_pids
 
 # one NAME BINARY BUS PROTO FLAGS RUN: one fan-out against a fresh process.
 one() {

@@ -1,4 +1,4 @@
-# Shared by bench/run.sh and bench/profile.sh (sourced, not run).
+# Shared by the bench scripts (sourced, not run): stopping what a script started, waiting for a port.
 
 # stop_pids stops the processes whose PIDs are in the array pids (only those
 # the script started): SIGTERM, a bounded wait (5 s each), then SIGKILL.
@@ -14,4 +14,32 @@ stop_pids() {
 		done
 		kill -9 "$pid" 2>/dev/null || true
 	done
+}
+
+# stop_started stops what the script started so far and forgets it.
+stop_started() {
+	stop_pids
+	pids=()
+}
+
+# track_pids starts the script's (empty) pids array and stops what it holds
+# when the script exits or is interrupted.
+track_pids() {
+	pids=()
+	trap stop_started EXIT
+	trap 'stop_started; exit 130' INT TERM
+}
+
+# wait_port PORT: a bounded wait (15 s) until something accepts on
+# 127.0.0.1:PORT. The script defines log.
+wait_port() {
+	local port="$1"
+	for _ in $(seq 1 150); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	log "nothing listens on 127.0.0.1:$port after 15 s"
+	return 1
 }

@@ -38,20 +38,7 @@ pb=bin/parley-bench
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-pids=()
-trap stop_pids EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {
-	for _ in $(seq 1 150); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "nothing listens on 127.0.0.1:$1 after 15 s"
-	return 1
-}
+track_pids
 
 # connections: the node's current connection count from /debug/stats.
 connections() {

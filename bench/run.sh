@@ -108,25 +108,7 @@ fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-pids=()
-stop_started() {
-	stop_pids
-	pids=()
-}
-trap stop_started EXIT
-trap 'stop_started; exit 130' INT TERM
-
-wait_port() { # port: wait (bounded, 15 s) until something accepts on 127.0.0.1:port
-	local port="$1"
-	for _ in $(seq 1 150); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "nothing listens on 127.0.0.1:$port after 15 s"
-	return 1
-}
+track_pids
 
 start_redis() { # sets redis_url and redis_pid
 	local port
