@@ -79,6 +79,14 @@ func BenchmarkFanout(b *testing.B) {
 	b.ReportMetric(float64(ms.Mallocs-before)/float64(b.N*members), "allocs/delivery")
 }
 
+// liveHeap is the heap in use after a collection.
+func liveHeap() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
 // BenchmarkIdleSessions reports the heap held per idle connection (actor,
 // session, registry entry), spawning 100,000 sessions with a no-op
 // transport. Run: go test -run x -bench IdleSessions -benchtime 1x ./actors/
@@ -86,10 +94,7 @@ func BenchmarkIdleSessions(b *testing.B) {
 	const n = 100000
 	sys, _ := benchEnv(b)
 	var frames atomic.Int64
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	before := ms.HeapAlloc
+	before := liveHeap()
 	sessions := make([]*Session, 0, n)
 	for i := 0; i < n; i++ {
 		s, err := sys.Connect(&countTransport{n: &frames}, ConnInfo{Name: "user"})
@@ -99,10 +104,7 @@ func BenchmarkIdleSessions(b *testing.B) {
 		sessions = append(sessions, s)
 	}
 	waitCount(b, &frames, n) // every welcome is out: mailboxes are idle
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	per := float64(ms.HeapAlloc-before) / n
-	b.ReportMetric(per, "heap-bytes/session")
+	b.ReportMetric(float64(liveHeap()-before)/n, "heap-bytes/session")
 	runtime.KeepAlive(sessions)
 }
 
@@ -169,10 +171,7 @@ func BenchmarkJoinedSessions(b *testing.B) {
 			const n = 15000
 			sys, mem := benchEnv(b)
 			var frames atomic.Int64
-			var ms runtime.MemStats
-			runtime.GC()
-			runtime.ReadMemStats(&ms)
-			before := ms.HeapAlloc
+			before := liveHeap()
 			sessions := make([]*Session, 0, n)
 			for i := 0; i < n; i++ {
 				s, err := sys.Connect(&countTransport{n: &frames}, ConnInfo{Name: fmt.Sprintf("u%d", i)})
@@ -198,9 +197,7 @@ func BenchmarkJoinedSessions(b *testing.B) {
 					present += len(l)
 				}
 			}
-			runtime.GC()
-			runtime.ReadMemStats(&ms)
-			b.ReportMetric(float64(ms.HeapAlloc-before)/n, "heap-bytes/session")
+			b.ReportMetric(float64(liveHeap()-before)/n, "heap-bytes/session")
 			runtime.KeepAlive(sessions)
 		})
 	}

@@ -17,6 +17,10 @@ import (
 // Posting takes a mutex, held for a few instructions: fan-out never posts
 // to a connection's mailbox, so it sees one client's frames and a few
 // answers from rooms.
+//
+// Ownership: mu guards the two queues, running and suspended (any poster,
+// and the dispatcher goroutine that holds running); invoker and dispatcher
+// are set once by RegisterHandlers, before the first message.
 type connMailbox struct {
 	mu         sync.Mutex
 	user, sys  mailQueue

@@ -258,6 +258,19 @@ func (c *Conn) beginCloseLocked(code ws.StatusCode, reason string, dropUnstarted
 	_ = c.pushLocked(frame, false)
 }
 
+// inFlightLocked returns how many queued frames are being or have been
+// partly written: those handed to a write now running (connSys.inflight),
+// else a partly written head.
+func (c *Conn) inFlightLocked() int {
+	if n := int(c.sys.inflight); n > 0 {
+		return n
+	}
+	if c.out != nil && c.out.started {
+		return 1
+	}
+	return 0
+}
+
 func (c *Conn) closeStateLocked() *closeState {
 	if c.cs == nil {
 		c.cs = &closeState{}

@@ -23,8 +23,10 @@ const (
 	// a conn with more bytes waiting is re-armed and served again later.
 	maxReadsPerWakeup = 4
 	// maxIovecs bounds one writev: its iovec array lives on the writer's
-	// stack (4 KiB); a longer queue takes more writev calls.
-	maxIovecs = 256
+	// stack (1 KiB, zeroed on every writeLocked call); a longer queue takes
+	// more calls. Writers with a gather buffer (flushers, workers) use
+	// writev only for a lone frame or one larger than the buffer.
+	maxIovecs = 64
 	// eventBatch is how many epoll events one epoll_wait returns at most.
 	eventBatch = 256
 	// taskQueue is the depth of the ready-conn queue feeding the workers.
@@ -555,18 +557,6 @@ func (c *Conn) releaseIOLocked() {
 	if err := unix.EpollCtl(c.p.sys.epfd, unix.EPOLL_CTL_DEL, int(c.sys.fd), nil); err != nil {
 		c.p.log.Debug("netpoll: epoll_ctl del", "conn", c.id, "err", err)
 	}
-}
-
-// inFlightLocked returns how many queued frames are being or have been
-// partly written: those of a writev now running, else a partly written head.
-func (c *Conn) inFlightLocked() int {
-	if n := int(c.sys.inflight); n > 0 {
-		return n
-	}
-	if c.out != nil && c.out.started {
-		return 1
-	}
-	return 0
 }
 
 // closeSocket closes the conn's fd (already removed from epoll).

@@ -196,17 +196,6 @@ func (c *Conn) abortIOLocked() {
 
 func (c *Conn) releaseIOLocked() {}
 
-// inFlightLocked returns how many queued frames the writer has taken.
-func (c *Conn) inFlightLocked() int {
-	if n := int(c.sys.inflight); n > 0 {
-		return n
-	}
-	if c.out != nil && c.out.started {
-		return 1
-	}
-	return 0
-}
-
 // deferCloseLocked: net.Conn.Close is safe while the writer goroutine
 // writes (it makes the write fail), so finish always closes at once.
 func (c *Conn) deferCloseLocked() bool { return false }
