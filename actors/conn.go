@@ -90,7 +90,7 @@ func (c *conn) Receive(ctx actor.Context) {
 		}
 		if c.plain {
 			c.rooms = []string{LobbyRoom}
-			c.toRoom(ctx, &roomOp{kind: opJoin, room: LobbyRoom, name: c.name, user: c.auth.user(), session: c.sess.id, plain: true})
+			c.toRoom(ctx, &roomOp{kind: opJoin, room: LobbyRoom, name: c.name, user: c.auth.user(), sess: c.sess, plain: true})
 			return
 		}
 		c.welcome(ctx)
@@ -288,7 +288,7 @@ func (c *conn) inbound(ctx actor.Context, in *inbound) {
 			}
 			c.rooms = append(c.rooms, f.Room)
 		}
-		c.toRoom(ctx, &roomOp{kind: opJoin, room: f.Room, id: f.ID, name: c.name, user: c.auth.user(), session: c.sess.id,
+		c.toRoom(ctx, &roomOp{kind: opJoin, room: f.Room, id: f.ID, name: c.name, user: c.auth.user(), sess: c.sess,
 			since: f.Since, epoch: f.Epoch})
 	default:
 		if !c.joined(f.Room) {

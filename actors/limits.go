@@ -196,7 +196,7 @@ func (r *room) pubQueueFull(op *roomOp) bool {
 // queueFull refuses a send the room's queue has no room for.
 func (r *room) queueFull(op *roomOp) {
 	r.s.count.pubErrors.Add(1)
-	if i, ok := r.index[op.conn.Id]; ok && r.members[i].plain {
+	if i, ok := r.byConn.find(r.members, op.conn.Id); ok && r.members[i].plain {
 		r.s.count.refused.add(protocol.CodeUnavailable)
 		_ = op.out.send(netpoll.TextFrame([]byte("error: message not sent: the room's publish queue is full (the bus is slow)")))
 		return
@@ -240,6 +240,6 @@ func (r *room) nameTaken(op *roomOp) bool {
 		// in a room twice (two tabs); names are the issuer's business.
 		return false
 	}
-	m, ok := r.names[op.name]
-	return ok && !m.pid.Equal(op.conn)
+	i, ok := r.byName.find(r.members, op.name)
+	return ok && !r.members[i].sess.pid.Equal(op.conn)
 }

@@ -67,20 +67,20 @@ const (
 // roomOp is a connection's request to a room; it travels connection ->
 // directory -> room, so a connection's ops reach the room in order.
 type roomOp struct {
-	kind    opKind
-	room    string
-	conn    *actor.PID
-	out     outbox // the connection's socket: the room replies on it directly
-	id      string
-	name    string // join (send: filled in by the room)
-	user    string // join: the authenticated user id (send: filled in by the room)
-	session string // join
-	plain   bool   // join (send: filled in by the room)
-	since   *uint64
-	epoch   string
-	text    string // send
-	before  uint64 // history
-	limit   int    // history
+	kind   opKind
+	room   string
+	conn   *actor.PID
+	out    outbox // the connection's socket: the room replies on it directly
+	id     string
+	name   string   // join (send: filled in by the room)
+	user   string   // join: the authenticated user id (send: filled in by the room)
+	sess   *Session // join: the connection's session (its PID and id)
+	plain  bool     // join (send: filled in by the room)
+	since  *uint64
+	epoch  string
+	text   string // send
+	before uint64 // history
+	limit  int    // history
 }
 
 // roomEmpty: a room is empty and idle (to the directory).

@@ -90,6 +90,6 @@ func (r *room) tellPresenceEvents(state string, skip *member) {
 		if m.plain || m.replay != nil || m == skip {
 			continue
 		}
-		_ = m.out.send(f)
+		_ = r.out(m).send(f)
 	}
 }

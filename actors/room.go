@@ -20,19 +20,21 @@ type roomInit struct {
 	name string
 }
 
-// member is one local connection in a room. Owned by the room actor.
+// member is one local connection in a room. Owned by the room actor. It
+// keeps no copy of what its Session holds (the connection's PID and session
+// id, both fixed for the session's life) nor of its outbox's counter (the
+// System's): a member entry is 80 bytes.
 type member struct {
-	pid     *actor.PID
-	out     outbox // the member's socket: fan-out queues frames on it directly
-	name    string
-	user    string // authenticated user id ("" without token auth)
-	session string
-	plain   bool
-	replay  *replayHold // non-nil while a since-join's history read is in flight
+	sess   *Session
+	t      Transport // the member's socket: fan-out queues frames on it directly (room.out)
+	name   string
+	user   string      // authenticated user id ("" without token auth)
+	replay *replayHold // non-nil while a since-join's history read is in flight
+	plain  bool
 }
 
 // replayHold is what a member replaying history holds aside, allocated only
-// while it replays: a member entry stays at 96 bytes.
+// while it replays: a member entry stays at 80 bytes.
 type replayHold struct {
 	frames []heldFrame // live frames held while replaying
 }
@@ -54,17 +56,17 @@ type room struct {
 	name     string
 	seq      sequencer
 	members  []*member
-	index    map[string]int     // member pid id -> index in members
-	names    map[string]*member // member name -> member (names are unique per room: limits.go)
-	plains   int                // members with plain set
-	joins    uint64             // joins seen (compared by the directory)
-	waiting  []*roomOp          // ops waiting for the subscription
-	gen      uint64             // bumped on every reset: replays started before are void
-	queue    []*roomOp          // sends, and ops ordered behind a connection's sends
-	pending  map[string]int     // conn pid id -> its ops in queue or in flight
-	pubBusy  bool               // a publish batch is in flight
-	queued   int                // sends in queue (capped: limits.go)
-	queuedB  int                // bytes of text of the sends in queue
+	byConn   memberIndex    // member's connection PID id -> position in members
+	byName   memberIndex    // member name -> position (names are unique per room: limits.go)
+	plains   int            // members with plain set
+	joins    uint64         // joins seen (compared by the directory)
+	waiting  []*roomOp      // ops waiting for the subscription
+	gen      uint64         // bumped on every reset: replays started before are void
+	queue    []*roomOp      // sends, and ops ordered behind a connection's sends
+	pending  map[string]int // conn pid id -> its ops in queue or in flight
+	pubBusy  bool           // a publish batch is in flight
+	queued   int            // sends in queue (capped: limits.go)
+	queuedB  int            // bytes of text of the sends in queue
 	presQ    []presOp
 	presBusy bool
 	presDone chan struct{} // closed when the presence batch in flight ends
@@ -151,8 +153,7 @@ func (r *room) Receive(ctx actor.Context) {
 		r.subscribed(ctx, msg)
 	case *roomInit:
 		r.s, r.name = msg.s, msg.name
-		r.index = make(map[string]int)
-		r.names = make(map[string]*member)
+		r.byName.byName = true // byConn: the zero value
 		r.pending = make(map[string]int)
 		ctx.Send(r.s.relayPID, &relay.Subscribe{Room: r.name, PID: ctx.Self()})
 	case *actor.Stopping:
@@ -253,7 +254,7 @@ func (r *room) op(ctx actor.Context, op *roomOp) {
 		// The connection is gone: it leaves now, whatever is in flight;
 		// what it queued is not run (its sends find no member).
 		r.purge(op.conn.Id)
-		if i, ok := r.index[op.conn.Id]; ok {
+		if i, ok := r.byConn.find(r.members, op.conn.Id); ok {
 			r.remove(ctx, i)
 		}
 		r.checkEmpty(ctx)
@@ -283,14 +284,14 @@ func (r *room) exec(ctx actor.Context, op *roomOp) {
 	case opJoin:
 		r.admit(ctx, op)
 	case opLeave:
-		if i, ok := r.index[op.conn.Id]; ok {
+		if i, ok := r.byConn.find(r.members, op.conn.Id); ok {
 			r.remove(ctx, i)
 		}
 		_ = op.out.send(frameOf(protocol.Left{Type: protocol.TypeLeft, Room: r.name}))
 	case opFlush:
 		ctx.Send(op.conn, &flushed{})
 	case opHistory, opPresence:
-		if _, ok := r.index[op.conn.Id]; !ok {
+		if _, ok := r.byConn.find(r.members, op.conn.Id); !ok {
 			ctx.Send(op.conn, &queryDone{frame: r.s.errFrame(protocol.Errorf(protocol.CodeNotJoined, op.id, "not joined to room %q", r.name))})
 			return
 		}
@@ -333,7 +334,7 @@ func (r *room) doneOp(op *roomOp) {
 // admit adds (or re-joins) a member and sends it the joined frame, after a
 // history replay if it asked for one.
 func (r *room) admit(ctx actor.Context, op *roomOp) {
-	i, ok := r.index[op.conn.Id]
+	i, ok := r.byConn.find(r.members, op.conn.Id)
 	var m *member
 	if ok {
 		m = r.members[i]
@@ -343,10 +344,8 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 			ctx.Send(op.conn, &dropRoom{room: r.name, frame: r.s.errFrame(e), err: e})
 			return
 		}
-		m = &member{pid: op.conn, out: op.out, name: op.name, user: op.user, session: op.session, plain: op.plain}
-		r.names[m.name] = m
-		r.index[op.conn.Id] = len(r.members)
-		r.members = append(r.members, m)
+		m = &member{sess: op.sess, t: op.out.t, name: op.name, user: op.user, plain: op.plain}
+		r.addMember(m)
 		r.s.count.sizes.resize(len(r.members)-1, len(r.members))
 		if m.plain {
 			r.plains++
@@ -359,12 +358,12 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 		r.runPresence(ctx)
 	}
 	if m.plain {
-		_ = m.out.send(netpoll.TextFrame([]byte("connected to node " + r.s.cfg.NodeID)))
+		_ = r.out(m).send(netpoll.TextFrame([]byte("connected to node " + r.s.cfg.NodeID)))
 		return
 	}
 	if op.since == nil {
 		m.replay = nil
-		_ = m.out.send(r.joinedFrame(true))
+		_ = r.out(m).send(r.joinedFrame(true))
 		return
 	}
 	// Replay: hold live frames for m until history is read.
@@ -382,7 +381,7 @@ func (r *room) admit(ctx actor.Context, op *roomOp) {
 // replayed finishes a since-join: joined, then the replay, then the live
 // frames held meanwhile, with no gap and no duplicate at the seam.
 func (r *room) replayed(ctx actor.Context, d *replayDone) {
-	i, ok := r.index[d.conn.Id]
+	i, ok := r.byConn.find(r.members, d.conn.Id)
 	if !ok || r.members[i].replay == nil {
 		return
 	}
@@ -404,7 +403,7 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 	recovered := d.err == nil && d.gen == r.gen && res.Position.Epoch == r.seq.epoch &&
 		(d.epoch == "" || d.epoch == r.seq.epoch) && d.since <= r.seq.last &&
 		(res.Earliest == 0 && res.Position.Seq == d.since || res.Earliest != 0 && res.Earliest <= d.since+1)
-	_ = m.out.send(r.joinedFrame(recovered))
+	_ = r.out(m).send(r.joinedFrame(recovered))
 	if !recovered {
 		// Nothing at or below last is promised: drop what was held.
 		return
@@ -414,14 +413,14 @@ func (r *room) replayed(ctx actor.Context, d *replayDone) {
 		if hm.Seq < next || hm.Seq > r.seq.last {
 			continue
 		}
-		_ = m.out.send(messageFrame(hm))
+		_ = r.out(m).send(messageFrame(hm))
 		next = hm.Seq + 1
 	}
 	for _, h := range buffered {
 		if h.seq < next {
 			continue
 		}
-		_ = m.out.send(h.frame)
+		_ = r.out(m).send(h.frame)
 		next = h.seq + 1
 	}
 }
@@ -432,24 +431,42 @@ func (r *room) joinedFrame(recovered bool) []byte {
 }
 
 func (r *room) presenceMember(m *member) relay.Member {
-	return relay.Member{Session: m.session, Name: m.name, Node: r.s.cfg.NodeID}
+	return relay.Member{Session: m.sess.id, Name: m.name, Node: r.s.cfg.NodeID}
+}
+
+// out is member m's outbox.
+func (r *room) out(m *member) outbox { return r.s.outbox(m.t) }
+
+// addMember appends m to members and its indexes: m is found by its
+// connection, and holds its name (replacing a member with the same name,
+// which only token auth allows: nameTaken).
+func (r *room) addMember(m *member) {
+	r.members = append(r.members, m)
+	r.byConn.set(r.members, len(r.members)-1)
+	r.byName.set(r.members, len(r.members)-1)
+}
+
+// dropMember removes member i from members (the last member takes its
+// place) and from its indexes; the name is freed only if i held it.
+func (r *room) dropMember(i int) {
+	last := len(r.members) - 1
+	// The indexes change while members[i] and members[last] are in place.
+	r.byConn.remove(r.members, i)
+	r.byName.remove(r.members, i)
+	if i != last {
+		r.byConn.move(r.members, last, i)
+		r.byName.move(r.members, last, i)
+		r.members[i] = r.members[last]
+	}
+	r.members[last] = nil
+	r.members = r.members[:last]
 }
 
 // remove drops member i (left, quit, or its replay failed).
 func (r *room) remove(ctx actor.Context, i int) {
 	m := r.members[i]
-	last := len(r.members) - 1
-	if i != last {
-		r.members[i] = r.members[last]
-		r.index[r.members[i].pid.Id] = i
-	}
-	r.members[last] = nil
-	r.members = r.members[:last]
-	r.s.count.sizes.resize(last+1, last)
-	delete(r.index, m.pid.Id)
-	if r.names[m.name] == m {
-		delete(r.names, m.name)
-	}
+	r.dropMember(i)
+	r.s.count.sizes.resize(len(r.members)+1, len(r.members))
 	if m.plain {
 		r.plains--
 	}
@@ -487,7 +504,7 @@ func (r *room) apply(ctx actor.Context) {
 					m.replay.frames = nil // its replay is void (gen changed)
 					continue
 				}
-				_ = m.out.send(f)
+				_ = r.out(m).send(f)
 			}
 			continue
 		}
@@ -503,19 +520,20 @@ func (r *room) fanout(ctx actor.Context, msg relay.Message) {
 		pf = netpoll.TextFrame([]byte(msg.Text))
 	}
 	r.s.count.deliveries.Add(uint64(len(r.members)))
-	last := len(r.members) - 1
+	last, kicks := len(r.members)-1, &r.s.count.slowKicks
 	for i, m := range r.members {
+		out := outbox{t: m.t, kicks: kicks} // r.out(m)
 		switch {
 		case m.plain:
-			_ = m.out.send(pf)
+			_ = out.send(pf)
 		case m.replay != nil:
 			m.replay.frames = append(m.replay.frames, heldFrame{seq: msg.Seq, frame: jf})
 		case i == last:
 			// The fan-out's tail: its write completion is the message's
 			// end-to-end latency on this node (stats.go).
-			_ = m.out.sendTraced(jf, msg.TS)
+			_ = out.sendTraced(jf, msg.TS)
 		default:
-			_ = m.out.send(jf)
+			_ = out.send(jf)
 		}
 	}
 }
@@ -581,7 +599,7 @@ func (r *room) runQueue(ctx actor.Context) {
 		var batch []*roomOp
 		for len(batch) < r.s.cfg.PublishBatch && len(r.queue) > 0 && r.queue[0].kind == opSend {
 			op := r.popQueue()
-			i, ok := r.index[op.conn.Id]
+			i, ok := r.byConn.find(r.members, op.conn.Id)
 			if !ok {
 				// Left (or gone) before its send's turn came.
 				r.doneOp(op)
@@ -736,10 +754,10 @@ func (r *room) presenceEvent(ctx actor.Context, e relay.PresenceEvent) {
 	}
 	f := frameOf(protocol.MemberEvent{Type: typ, Room: r.name, Name: e.Member.Name, Node: e.Member.Node})
 	for _, m := range r.members {
-		if m.plain || m.session == e.Member.Session {
+		if m.plain || m.sess.id == e.Member.Session {
 			continue
 		}
-		_ = m.out.send(f)
+		_ = r.out(m).send(f)
 	}
 }
 

@@ -17,7 +17,7 @@ const CloseRemoved ws.StatusCode = 4001
 func (r *room) disconnect(d *relay.Disconnect) {
 	for _, m := range r.members {
 		if m.user == d.User || m.user == "" && m.name == d.User {
-			m.out.close(CloseRemoved, "removed from room "+r.name)
+			r.out(m).close(CloseRemoved, "removed from room "+r.name)
 		}
 	}
 }
