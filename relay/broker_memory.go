@@ -48,7 +48,7 @@ type Memory struct {
 	mu        sync.Mutex // guards everything below
 	handler   Handler
 	rooms     map[string]*memRoom
-	presence  map[string]map[string]presentAs // room -> session -> member; no empty sets
+	presence  map[string][]memNodeSet // room -> one set per node with members there; no empty sets
 	subs      map[string]struct{}
 	stats     Stats
 	closed    bool
@@ -88,7 +88,7 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		window:   cfg.IdempotencyWindow,
 		now:      cfg.Now,
 		rooms:    make(map[string]*memRoom),
-		presence: make(map[string]map[string]presentAs),
+		presence: make(map[string][]memNodeSet),
 		subs:     make(map[string]struct{}),
 	}
 	if m.size <= 0 {
@@ -416,21 +416,10 @@ func (m *Memory) memPresence(ctx context.Context, room string, mem Member, add b
 	if err := m.memCheckLocked(op, room); err != nil {
 		return err
 	}
-	set := m.presence[room]
 	if add {
-		if set == nil {
-			set = make(map[string]presentAs)
-			m.presence[room] = set
-		}
-		set[mem.Session] = presentAs{name: mem.Name, node: mem.Node}
-	} else {
-		if _, ok := set[mem.Session]; !ok {
-			return nil
-		}
-		delete(set, mem.Session)
-		if len(set) == 0 {
-			delete(m.presence, room)
-		}
+		m.addPresenceLocked(room, mem)
+	} else if !m.removePresenceLocked(room, mem.Session) {
+		return nil
 	}
 	if _, ok := m.subs[room]; ok && m.handler != nil {
 		m.handler.HandlePresence(PresenceEvent{Room: room, Member: mem, Joined: add})
@@ -438,10 +427,71 @@ func (m *Memory) memPresence(ctx context.Context, room string, mem Member, add b
 	return nil
 }
 
-// presentAs is a Member in a presence set, without the session it is
-// keyed by: one record per membership, so 16 bytes a slot matter (an idle
-// node holds one per joined connection).
-type presentAs struct{ name, node string }
+// memNodeSet is the members of one room connected to one node: session ->
+// name. A room's presence is split by node because every member of a node
+// has the same node name: a slot then holds two strings, not three (an
+// idle node holds one per joined connection). A session is in at most one
+// set of a room.
+type memNodeSet struct {
+	node  string
+	names map[string]string
+}
+
+// addPresenceLocked records mem in room, replacing the session's earlier
+// record, on whatever node it was. Lock should be held.
+func (m *Memory) addPresenceLocked(room string, mem Member) {
+	sets := m.presence[room]
+	at, others := -1, false
+	for i := range sets {
+		if sets[i].node == mem.Node {
+			at = i
+		} else {
+			delete(sets[i].names, mem.Session)
+			others = true
+		}
+	}
+	if at >= 0 && !others {
+		sets[at].names[mem.Session] = mem.Name // the common case: one node
+		return
+	}
+	if at < 0 {
+		at = len(sets)
+		sets = append(sets, memNodeSet{node: mem.Node, names: make(map[string]string)})
+	}
+	sets[at].names[mem.Session] = mem.Name
+	m.presence[room] = dropEmptySets(sets)
+}
+
+// removePresenceLocked removes session from room and reports whether it was
+// present. Lock should be held.
+func (m *Memory) removePresenceLocked(room, session string) bool {
+	sets := m.presence[room]
+	for i := range sets {
+		if _, ok := sets[i].names[session]; ok {
+			delete(sets[i].names, session)
+			if sets = dropEmptySets(sets); len(sets) == 0 {
+				delete(m.presence, room)
+			} else {
+				m.presence[room] = sets
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// dropEmptySets removes the sets without members, in place.
+func dropEmptySets(sets []memNodeSet) []memNodeSet {
+	n := 0
+	for _, set := range sets {
+		if len(set.names) > 0 {
+			sets[n] = set
+			n++
+		}
+	}
+	clear(sets[n:])
+	return sets[:n]
+}
 
 // Presence lists room's members, sorted by name then session.
 func (m *Memory) Presence(ctx context.Context, room string) ([]Member, error) {
@@ -453,9 +503,16 @@ func (m *Memory) Presence(ctx context.Context, room string) ([]Member, error) {
 	if err := m.memCheckLocked("presence", room); err != nil {
 		return nil, err
 	}
-	out := make([]Member, 0, len(m.presence[room]))
-	for session, p := range m.presence[room] {
-		out = append(out, Member{Session: session, Name: p.name, Node: p.node})
+	sets := m.presence[room]
+	n := 0
+	for _, set := range sets {
+		n += len(set.names)
+	}
+	out := make([]Member, 0, n)
+	for _, set := range sets {
+		for session, name := range set.names {
+			out = append(out, Member{Session: session, Name: name, Node: set.node})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Name != out[j].Name {

@@ -308,3 +308,87 @@ func TestMemoryPresence(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryPresenceNodes: members of two nodes sharing one Memory keep
+// their node names through adds, removes and re-adds; a session is present
+// once, on the node of its latest add; empty rooms leave nothing behind.
+func TestMemoryPresenceNodes(t *testing.T) {
+	type op struct {
+		add     bool
+		session string
+		name    string
+		node    string
+	}
+	cases := []struct {
+		name   string
+		ops    []op
+		want   []Member // Presence after the ops, sorted by name then session
+		events int      // presence events delivered
+	}{
+		{"one node", []op{{true, "a", "ann", "n1"}, {true, "b", "bob", "n1"}},
+			[]Member{{"a", "ann", "n1"}, {"b", "bob", "n1"}}, 2},
+		{"two nodes", []op{{true, "a", "ann", "n1"}, {true, "b", "bob", "n2"}, {true, "c", "cy", "n1"}},
+			[]Member{{"a", "ann", "n1"}, {"b", "bob", "n2"}, {"c", "cy", "n1"}}, 3},
+		{"remove one of each node", []op{{true, "a", "ann", "n1"}, {true, "b", "bob", "n2"}, {true, "c", "cy", "n2"},
+			{false, "a", "ann", "n1"}, {false, "b", "bob", "n2"}},
+			[]Member{{"c", "cy", "n2"}}, 5},
+		{"readd after remove", []op{{true, "a", "ann", "n1"}, {false, "a", "ann", "n1"}, {true, "a", "ann", "n1"}},
+			[]Member{{"a", "ann", "n1"}}, 3},
+		{"readd renames", []op{{true, "a", "ann", "n1"}, {true, "a", "anna", "n1"}},
+			[]Member{{"a", "anna", "n1"}}, 2},
+		{"readd on another node moves", []op{{true, "a", "ann", "n1"}, {true, "b", "bob", "n1"}, {true, "a", "ann", "n2"}},
+			[]Member{{"a", "ann", "n2"}, {"b", "bob", "n1"}}, 3},
+		{"move empties the first node", []op{{true, "a", "ann", "n1"}, {true, "a", "ann", "n2"}, {false, "a", "ann", "n2"}},
+			nil, 3},
+		{"remove absent: no event", []op{{true, "a", "ann", "n1"}, {false, "b", "bob", "n2"}, {false, "a", "ann", "n1"}, {false, "a", "ann", "n1"}},
+			nil, 2},
+		{"remove names the session only", []op{{true, "a", "ann", "n1"}, {false, "a", "", "n2"}},
+			nil, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := NewMemory(MemoryConfig{})
+			rec := &rdsRecorder{}
+			b.SetHandler(rec)
+			ctx := context.Background()
+			if _, err := b.Subscribe(ctx, "r"); err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range tc.ops {
+				m := Member{Session: o.session, Name: o.name, Node: o.node}
+				var err error
+				if o.add {
+					err = b.AddPresence(ctx, "r", m)
+				} else {
+					err = b.RemovePresence(ctx, "r", m)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := b.Presence(ctx, "r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) || len(got) != len(tc.want) {
+				t.Fatalf("presence %v, want %v", got, tc.want)
+			}
+			rec.mu.Lock()
+			events := len(rec.pres)
+			rec.mu.Unlock()
+			if events != tc.events {
+				t.Fatalf("%d presence events, want %d", events, tc.events)
+			}
+			b.mu.Lock()
+			sets, kept := len(b.presence["r"]), len(b.presence)
+			b.mu.Unlock()
+			nodes := map[string]bool{}
+			for _, m := range tc.want {
+				nodes[m.Node] = true
+			}
+			if len(tc.want) == 0 && kept != 0 || sets != len(nodes) {
+				t.Fatalf("%d rooms with presence kept, %d node sets in r (want %d)", kept, sets, len(nodes))
+			}
+		})
+	}
+}
