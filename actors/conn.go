@@ -124,7 +124,7 @@ func (c *conn) Receive(ctx actor.Context) {
 			return
 		}
 		c.auth.stop()
-		c.sess.done.Store(true)
+		c.sess.flags.Or(sessDone)
 		for _, r := range c.rooms {
 			c.toRoom(ctx, &roomOp{kind: opQuit, room: r})
 		}

@@ -141,26 +141,39 @@ type System struct {
 	tasks     sync.WaitGroup
 	closing   atomic.Bool
 
-	mu    sync.Mutex // guards conns
-	conns map[*Session]struct{}
+	mu sync.Mutex // guards conns and every Session.slot
+	// conns is the open sessions, in no particular order: each knows its
+	// index (Session.slot), so adding and removing one is O(1) and costs a
+	// pointer here, not a map slot.
+	conns []*Session
 }
 
 // Session is the node's handle on one connection actor.
 //
-// Fields are ordered so it packs into 48 bytes (one per connection).
+// Fields are ordered so it packs into 48 bytes (one per connection): the
+// three flags share one word, so the slot fits.
 type Session struct {
 	sys *System
 	pid *actor.PID
 	id  string
 
 	// gate orders HandleMessage's posts against stopReading: a frame is
-	// posted under it, so once stopped is set every frame read is already
-	// in the mailbox, ahead of readStopped.
-	gate    sync.Mutex
-	done    atomic.Bool // set when the actor stops; later posts are dropped
-	plain   bool        // seed mode, for the plain connection count
-	stopped bool        // guarded by gate: frames are no longer read (drain)
+	// posted under it, so once sessStopped is set every frame read is
+	// already in the mailbox, ahead of readStopped.
+	gate  sync.Mutex
+	flags atomic.Uint32 // sessDone, sessStopped, sessPlain
+	slot  int32         // guarded by sys.mu: index in sys.conns, -1 once forgotten
 }
+
+// Session flags.
+const (
+	sessDone    = 1 << iota // the actor stopped; later posts are dropped
+	sessStopped             // set under gate: frames are no longer read (drain)
+	sessPlain               // seed mode, for the plain connection count; set before the session is shared
+)
+
+// isDone reports whether the connection actor stopped.
+func (s *Session) isDone() bool { return s.flags.Load()&sessDone != 0 }
 
 // stopDecider stops a failing actor instead of restarting it.
 func stopDecider(any) actor.Directive { return actor.StopDirective }
@@ -210,7 +223,6 @@ func New(cfg Config) (*System, error) {
 		cfg:    cfg,
 		log:    log,
 		prefix: cfg.NodeID + "." + hex.EncodeToString(rnd[:]) + ".",
-		conns:  make(map[*Session]struct{}),
 	}
 	s.as = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		// protoactor logs routine events (dead letters, system start) at
@@ -254,7 +266,10 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 		return nil, errors.New("actors: connect: system is shutting down")
 	}
 	n := s.nextID.Add(1)
-	sess := &Session{sys: s, id: s.prefix + strconv.FormatUint(n, 36), plain: info.Plain}
+	sess := &Session{sys: s, id: s.prefix + strconv.FormatUint(n, 36)}
+	if info.Plain {
+		sess.flags.Store(sessPlain)
+	}
 	name := info.Name
 	if name == "" {
 		// Unique on this node (names are unique per room), and unlikely
@@ -262,12 +277,7 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 		name = "guest-" + s.prefix[len(s.cfg.NodeID)+1:len(s.cfg.NodeID)+5] + strconv.FormatUint(n, 36)
 	}
 	sess.pid = s.root.Spawn(s.connProps)
-	s.mu.Lock()
-	s.conns[sess] = struct{}{}
-	s.mu.Unlock()
-	if info.Plain {
-		s.count.plain.Add(1)
-	}
+	s.track(sess)
 	s.root.Send(sess.pid, &connInit{t: t, sess: sess, name: name, plain: info.Plain, id: info.Identity, needAuth: info.NeedAuth})
 	return sess, nil
 }
@@ -278,12 +288,12 @@ func (s *System) Connect(t Transport, info ConnInfo) (*Session, error) {
 // no longer read: the client was told to reconnect and retries what it sent
 // after that, with the same ids, on the node it reconnects to.
 func (s *Session) HandleMessage(op ws.OpCode, payload []byte) {
-	if s.done.Load() {
+	if s.isDone() {
 		return
 	}
 	s.sys.count.received.Add(1)
 	s.gate.Lock()
-	if !s.stopped {
+	if s.flags.Load()&sessStopped == 0 {
 		s.sys.root.Send(s.pid, &inbound{op: op, payload: payload})
 	}
 	s.gate.Unlock()
@@ -293,7 +303,7 @@ func (s *Session) HandleMessage(op ws.OpCode, payload []byte) {
 // behind every frame already taken. Called by the connection actor.
 func (s *Session) stopReading() {
 	s.gate.Lock()
-	s.stopped = true
+	s.flags.Or(sessStopped)
 	s.sys.root.Send(s.pid, &readStopped{})
 	s.gate.Unlock()
 }
@@ -301,7 +311,7 @@ func (s *Session) stopReading() {
 // HandleClose tells the connection actor its socket is gone; the actor
 // stops itself (leaving its rooms).
 func (s *Session) HandleClose(err error) {
-	if s.done.Load() {
+	if s.isDone() {
 		return
 	}
 	s.sys.root.Send(s.pid, &closed{err: err})
@@ -313,19 +323,40 @@ func (s *Session) ID() string { return s.id }
 func (s *System) sessions() []*Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*Session, 0, len(s.conns))
-	for sess := range s.conns {
-		out = append(out, sess)
-	}
-	return out
+	return append([]*Session(nil), s.conns...)
 }
 
+// track adds sess to the open sessions.
+func (s *System) track(sess *Session) {
+	s.mu.Lock()
+	sess.slot = int32(len(s.conns)) // a node has far fewer than 2^31 sockets (file descriptors)
+	s.conns = append(s.conns, sess)
+	s.mu.Unlock()
+	if sess.flags.Load()&sessPlain != 0 {
+		s.count.plain.Add(1)
+	}
+}
+
+// forget removes sess from the open sessions (once; later calls do
+// nothing): the last session takes its slot.
 func (s *System) forget(sess *Session) {
 	s.mu.Lock()
-	_, ok := s.conns[sess]
-	delete(s.conns, sess)
+	i := sess.slot
+	ok := i >= 0 && int(i) < len(s.conns) && s.conns[i] == sess
+	if ok {
+		last := len(s.conns) - 1
+		s.conns[i] = s.conns[last]
+		s.conns[i].slot = i
+		s.conns[last] = nil
+		s.conns = s.conns[:last]
+		sess.slot = -1
+		if cap(s.conns) > 1024 && len(s.conns) < cap(s.conns)/4 {
+			// Give back what a peak of connections left behind.
+			s.conns = append(make([]*Session, 0, 2*len(s.conns)), s.conns...)
+		}
+	}
 	s.mu.Unlock()
-	if ok && sess.plain {
+	if ok && sess.flags.Load()&sessPlain != 0 {
 		s.count.plain.Add(-1)
 	}
 }
@@ -350,7 +381,7 @@ func (s *System) Sessions() []*Session { return s.sessions() }
 // Rooms answer sends only when the bus did, so a drain lasts at most about
 // the broker timeout; the node bounds it with its shutdown grace.
 func (s *Session) Drain(reason string, after time.Duration) {
-	if !s.done.Load() {
+	if !s.isDone() {
 		s.sys.root.Send(s.pid, &drain{reason: reason, after: after})
 	}
 }
