@@ -82,18 +82,25 @@ func (p *Poller) Closes() []CloseCount {
 }
 
 // QueuedBytes sums the unwritten bytes of every connection's outbound
-// queue. It takes each connection's lock in turn: an admin call, not a hot
-// path.
+// queue. It takes each connection's lock in turn, under the poller's read
+// lock (nothing takes the poller's lock while holding a connection's), and
+// copies nothing: scraped every few seconds, a snapshot of 100,000
+// connections would be 800 KB of garbage each time. An admin call, not a
+// hot path.
 func (p *Poller) QueuedBytes() int64 {
 	var total int64
-	p.Range(func(c *Conn) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, c := range p.slots {
+		if c == nil {
+			continue
+		}
 		c.mu.Lock()
 		if c.out != nil {
 			total += int64(c.out.bytes)
 		}
 		c.mu.Unlock()
-		return true
-	})
+	}
 	return total
 }
 

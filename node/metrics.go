@@ -107,6 +107,8 @@ var (
 	descPubErrors   = desc("parley_publish_errors_total", "Client sends answered with unavailable (the bus did not take them).")
 	descDraining    = desc("parley_draining", "1 once the node has begun draining (shutting down), else 0.")
 	descUptime      = desc("parley_uptime_seconds", "Seconds since the node started.")
+	descMemReleases = desc("parley_memory_releases_total", "Times the node, quiet (no GC cycle for --mem-release-after), returned its freed heap to the OS.")
+	descMemReleased = desc("parley_memory_released_bytes_total", "Bytes of heap those releases returned to the OS.")
 )
 
 // statsCollector reads the node's counters at scrape time.
@@ -117,7 +119,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 		descRefusedUp, descRooms, descRoomSize, descPresence, descReceived, descPublished, descRepeats,
 		descDelivered, descRefused, descQueueBytes, descCloses, descSlowKicks, descBusUp, descBusErrors,
 		descBusPubs, descBusReconn, descResyncs, descGapFills, descChecks, descResets, descRollovers, descPubErrors,
-		descDraining, descUptime} {
+		descDraining, descUptime, descMemReleases, descMemReleased} {
 		ch <- d
 	}
 }
@@ -175,6 +177,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descDraining, draining)
 	gauge(descUptime, time.Since(n.started).Seconds())
+	counter(descMemReleases, s.memReleases)
+	counter(descMemReleased, s.memReleased)
 }
 
 // roomSizeHistogram turns the live room size buckets into a histogram.
@@ -200,18 +204,24 @@ type nodeCounters struct {
 	closes   []netpoll.CloseCount
 	sockets  int
 	draining bool
+
+	memReleases, memReleased uint64 // memrelease.go
 }
 
 // counters reads the node's counters (no stop-the-world: that is
 // runtime.ReadMemStats, which Stats adds for /debug/stats).
 func (n *Node) counters() nodeCounters {
-	return nodeCounters{
+	c := nodeCounters{
 		actors:   n.sys.Stats(),
 		upgrades: n.upgrades.stats(),
 		closes:   n.poller.Closes(),
 		sockets:  n.poller.Len(),
 		draining: n.unready.Load(), // a drain begins with readiness off
 	}
+	if m := n.memRelease; m != nil {
+		c.memReleases, c.memReleased = m.releases.Load(), m.released.Load()
+	}
+	return c
 }
 
 // closesByCode flattens close counters for /debug/stats: "4008/server" -> n.

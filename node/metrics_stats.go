@@ -24,9 +24,21 @@ type Stats struct {
 	Goroutines  int    `json:"goroutines"`
 	HeapAlloc   uint64 `json:"heap_alloc"`
 	HeapInuse   uint64 `json:"heap_inuse"`
-	Sys         uint64 `json:"sys"`
-	RSSBytes    uint64 `json:"rss_bytes"`
-	NumGC       uint32 `json:"num_gc"`
+	// HeapRetained is heap memory the GC freed but the runtime has not yet
+	// returned to the OS (idle spans still resident): part of RSS, not of
+	// HeapInuse.
+	HeapRetained uint64 `json:"heap_retained"`
+	StackInuse   uint64 `json:"stack_inuse"` // goroutine stacks
+	// RuntimeSys is the runtime's own metadata (GC bitmaps, span and cache
+	// structures, profiling buckets, other).
+	RuntimeSys uint64 `json:"runtime_sys"`
+	Sys        uint64 `json:"sys"`
+	RSSBytes   uint64 `json:"rss_bytes"`
+	NumGC      uint32 `json:"num_gc"`
+	// MemReleases counts the times the quiet node returned freed heap to
+	// the OS, MemReleased the bytes (Config.MemReleaseAfter).
+	MemReleases uint64 `json:"mem_releases"`
+	MemReleased uint64 `json:"mem_released_bytes"`
 
 	// Room counters since start (see actors.Stats).
 	Deliveries uint64 `json:"deliveries"`
@@ -62,36 +74,41 @@ func (n *Node) Stats() Stats {
 	c := n.counters()
 	as := c.actors
 	return Stats{
-		Node:        n.cfg.NodeID,
-		Draining:    c.draining,
-		UptimeSec:   int64(time.Since(n.started) / time.Second),
-		Connections: c.sockets,
-		Sessions:    as.Connections,
-		Plain:       as.PlainConnections,
-		Rooms:       as.Rooms,
-		Members:     as.Members,
-		Goroutines:  runtime.NumGoroutine(),
-		HeapAlloc:   ms.HeapAlloc,
-		HeapInuse:   ms.HeapInuse,
-		Sys:         ms.Sys,
-		RSSBytes:    rss(),
-		NumGC:       ms.NumGC,
-		Deliveries:  as.Deliveries,
-		GapFills:    as.GapFills,
-		Checks:      as.Checks,
-		Resets:      as.Resets,
-		SlowKicks:   as.SlowKicks,
-		PubErrors:   as.PubErrors,
-		Rollovers:   as.Rollovers,
-		Received:    as.Received,
-		Published:   as.Published,
-		Repeats:     as.Repeats,
-		Refused:     as.Refused,
-		RoomSizes:   as.RoomSizes,
-		Upgrades:    c.upgrades,
-		Closes:      closesByCode(c.closes),
-		QueuedBytes: n.poller.QueuedBytes(),
-		Broker:      as.Broker,
+		Node:         n.cfg.NodeID,
+		Draining:     c.draining,
+		UptimeSec:    int64(time.Since(n.started) / time.Second),
+		Connections:  c.sockets,
+		Sessions:     as.Connections,
+		Plain:        as.PlainConnections,
+		Rooms:        as.Rooms,
+		Members:      as.Members,
+		Goroutines:   runtime.NumGoroutine(),
+		HeapAlloc:    ms.HeapAlloc,
+		HeapInuse:    ms.HeapInuse,
+		HeapRetained: ms.HeapIdle - ms.HeapReleased,
+		StackInuse:   ms.StackInuse,
+		RuntimeSys:   ms.GCSys + ms.MSpanSys + ms.MCacheSys + ms.BuckHashSys + ms.OtherSys,
+		Sys:          ms.Sys,
+		RSSBytes:     rss(),
+		NumGC:        ms.NumGC,
+		MemReleases:  c.memReleases,
+		MemReleased:  c.memReleased,
+		Deliveries:   as.Deliveries,
+		GapFills:     as.GapFills,
+		Checks:       as.Checks,
+		Resets:       as.Resets,
+		SlowKicks:    as.SlowKicks,
+		PubErrors:    as.PubErrors,
+		Rollovers:    as.Rollovers,
+		Received:     as.Received,
+		Published:    as.Published,
+		Repeats:      as.Repeats,
+		Refused:      as.Refused,
+		RoomSizes:    as.RoomSizes,
+		Upgrades:     c.upgrades,
+		Closes:       closesByCode(c.closes),
+		QueuedBytes:  n.poller.QueuedBytes(),
+		Broker:       as.Broker,
 	}
 }
 

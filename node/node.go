@@ -148,6 +148,13 @@ type Config struct {
 	// the same; over it: 429 (default 200).
 	APIRate float64
 
+	// MemReleaseAfter: once the node has run no GC cycle for this long (it
+	// is idle) and holds a sizeable amount of freed heap, it returns that
+	// memory to the OS (memrelease.go), so the RSS of a node holding idle
+	// connections after a burst is what they cost. 0 means
+	// DefaultMemReleaseAfter; negative turns it off.
+	MemReleaseAfter time.Duration
+
 	// Logger receives the node's structured logs (nil: discard).
 	Logger *slog.Logger
 }
@@ -155,6 +162,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.LimitLogInterval <= 0 {
 		c.LimitLogInterval = DefaultLimitLogInterval
+	}
+	if c.MemReleaseAfter == 0 {
+		c.MemReleaseAfter = DefaultMemReleaseAfter
 	}
 	if c.APIRate == 0 {
 		c.APIRate = DefaultAPIRate
@@ -255,6 +265,7 @@ type Node struct {
 	metrics  *metrics        // metrics.go
 	// The limit-log goroutine (metrics_log.go).
 	limitStop, limitDone chan struct{}
+	memRelease           *memReleaser // nil when Config.MemReleaseAfter < 0
 
 	// unready turns /readyz to 503 (the first step of a drain); draining
 	// refuses upgrades (after the drain delay).
@@ -402,6 +413,10 @@ func (n *Node) Start() error {
 	n.serve(n.pub, n.pubCh)
 	go n.acceptLoop()
 	n.startLimitLog()
+	if n.cfg.MemReleaseAfter > 0 {
+		n.memRelease = newMemReleaser(n.cfg.MemReleaseAfter)
+		n.memRelease.start()
+	}
 	n.log.Info("node listening", n.configAttrs()...) // metrics_log.go
 	return nil
 }
@@ -517,6 +532,9 @@ wait:
 	}
 	n.serveWG.Wait()
 	n.stopLimitLog()
+	if n.memRelease != nil {
+		n.memRelease.close()
+	}
 	n.log.Info("stopped", "drain", time.Since(drainStart).Round(time.Millisecond).String())
 	return errors.Join(errs...)
 }

@@ -33,7 +33,7 @@ type options struct {
 	rate                                      float64
 	duration, drain, quiet, connectTimeout    time.Duration
 	joinQuiet, joinQuietMax                   time.Duration
-	settle, hold                              time.Duration
+	settle, hold, idleFor                     time.Duration
 	crossNode, jsonOut                        bool
 	record, system, scenario, results, md     string
 	notes, listen                             string
@@ -69,6 +69,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.conns, "conns", 2000, "connect/idle: connections (when --steps is empty)")
 	fs.StringVar(&o.steps, "steps", "", "connect/idle: cumulative connection counts to measure at, e.g. 2000,15000")
 	fs.DurationVar(&o.settle, "settle", 15*time.Second, "idle: longest wait for the node's RSS to settle at each step")
+	fs.DurationVar(&o.idleFor, "idle-for", 0, "idle: at each step, let the connections sit idle this long before measuring (then settle): what a node holding them for good shows, after its quiet-time policies (--mem-release-after) had their turn")
 	fs.DurationVar(&o.hold, "hold", 5*time.Second, "idle: hold the connections this long after the last step")
 	fs.IntVar(&o.perProcess, "per-process", 15000, "connect/idle: most connections one process holds (open files are capped at 20000)")
 	fs.IntVar(&o.sources, "sources", 50, "number of loopback source addresses 127.0.0.2… to spread connections over")
@@ -159,7 +160,7 @@ func parseOptions(args []string) (options, error) {
 func (o options) idleConfig(mode string, progress io.Writer) (idleConfig, error) {
 	cfg := idleConfig{
 		targets: o.targets, concurrency: o.concurrency, sources: o.sources, perProcess: o.perProcess,
-		connectTimeout: o.connectTimeout, settle: o.settle, hold: o.hold, probe: o.probe, progress: progress,
+		connectTimeout: o.connectTimeout, settle: o.settle, idleFor: o.idleFor, hold: o.hold, probe: o.probe, progress: progress,
 		workers: o.workers, readEvery: o.readEvery,
 	}
 	if o.join {

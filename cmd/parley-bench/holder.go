@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gobwas/ws"
 )
 
 // openResult is what a holder reports after opening a batch.
@@ -40,10 +43,11 @@ type holder interface {
 // it (a joined connection gets presence frames).
 type localHolder struct {
 	cfg     *idleConfig
-	mu      sync.Mutex // guards conns
+	mu      sync.Mutex // guards conns and frames, and reading them
 	conns   []net.Conn
-	counter *atomic.Int64 // connections opened, for progress
-	stop    chan struct{} // closed by close(): the sweeper returns
+	frames  []frameSkipper // frames[i] follows conns[i]
+	counter *atomic.Int64  // connections opened, for progress
+	stop    chan struct{}  // closed by close(): the sweeper returns
 	swept   sync.WaitGroup
 }
 
@@ -69,11 +73,10 @@ func (h *localHolder) sweep(every time.Duration) {
 		case <-t.C:
 		}
 		h.mu.Lock()
-		conns := h.conns
-		h.mu.Unlock()
-		for _, nc := range conns {
-			connAlive(nc, buf)
+		for i, nc := range h.conns {
+			connAlive(nc, buf, &h.frames[i])
 		}
+		h.mu.Unlock()
 	}
 }
 
@@ -101,14 +104,19 @@ func (h *localHolder) open(n, base int) (openResult, error) {
 					first.set(errors.New("connect phase deadline passed"))
 					continue
 				}
-				nc, err := h.dial(base + i)
+				nc, rest, err := h.dial(base + i)
 				if err != nil {
 					errs.Add(1)
 					first.set(err)
 					continue
 				}
+				var fs frameSkipper
+				if fs.feed(rest) > 0 {
+					_, _ = nc.Write(pongFrame)
+				}
 				h.mu.Lock()
 				h.conns = append(h.conns, nc)
+				h.frames = append(h.frames, fs)
 				h.mu.Unlock()
 				if h.counter != nil {
 					h.counter.Add(1)
@@ -125,21 +133,23 @@ func (h *localHolder) open(n, base int) (openResult, error) {
 }
 
 // dial opens connection g and, with a join spec, waits until it is a
-// member of its room.
-func (h *localHolder) dial(g int) (net.Conn, error) {
+// member of its room. rest is what it read past that (the start of a
+// frame, or the handshake's leftovers).
+func (h *localHolder) dial(g int) (nc net.Conn, rest []byte, err error) {
 	t := h.cfg.targets[g%len(h.cfg.targets)]
 	nc, pre, err := dialWS(t, "i"+strconv.Itoa(g), sourceIP(g, h.cfg.sources), h.cfg.connectTimeout)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if h.cfg.join == nil {
-		return nc, nil
+		return nc, pre, nil
 	}
-	if err := h.cfg.join.await(nc, pre, g, h.cfg.connectTimeout); err != nil {
+	rest, err = h.cfg.join.await(nc, pre, g, h.cfg.connectTimeout)
+	if err != nil {
 		_ = nc.Close()
-		return nil, fmt.Errorf("connection %d: %w", g, err)
+		return nil, nil, fmt.Errorf("connection %d: %w", g, err)
 	}
-	return nc, nil
+	return nc, rest, nil
 }
 
 func (h *localHolder) alive() (openResult, error) {
@@ -147,8 +157,8 @@ func (h *localHolder) alive() (openResult, error) {
 	defer h.mu.Unlock()
 	var res openResult
 	buf := make([]byte, 4096)
-	for _, nc := range h.conns {
-		if connAlive(nc, buf) {
+	for i, nc := range h.conns {
+		if connAlive(nc, buf, &h.frames[i]) {
 			res.Alive++
 		}
 	}
@@ -169,13 +179,14 @@ func (h *localHolder) close() error {
 	for _, nc := range h.conns {
 		_ = nc.Close()
 	}
-	h.conns = nil
+	h.conns, h.frames = nil, nil
 	return nil
 }
 
-// connAlive reads (without blocking) and discards whatever the node sent
-// and reports whether the connection is still open.
-func connAlive(nc net.Conn, buf []byte) bool {
+// connAlive reads (without blocking) and discards whatever the node sent,
+// answers its pings (fs follows the frames), and reports whether the
+// connection is still open.
+func connAlive(nc net.Conn, buf []byte, fs *frameSkipper) bool {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return true
@@ -184,10 +195,13 @@ func connAlive(nc net.Conn, buf []byte) bool {
 	if err != nil {
 		return false
 	}
-	alive := true
+	alive, pings := true, 0
 	_ = rc.Read(func(fd uintptr) bool {
 		for range 64 {
 			n, _, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
+			if n > 0 {
+				pings += fs.feed(buf[:n])
+			}
 			switch {
 			case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
 				return true
@@ -200,6 +214,9 @@ func connAlive(nc net.Conn, buf []byte) bool {
 		}
 		return true
 	})
+	if alive && pings > 0 {
+		_, _ = nc.Write(pongFrame)
+	}
 	return alive
 }
 
@@ -304,3 +321,72 @@ func runWorker(cfg idleConfig, in io.Reader, out io.Writer) error {
 	}
 	return sc.Err()
 }
+
+// frameSkipper follows the frame boundaries of what a node sends while the
+// bytes are discarded, so that a held connection answers the node's pings
+// as any client does (a node closes a connection that stays silent through
+// a ping and another ping interval). It keeps no payload: a partial header
+// and a count of payload bytes still to skip.
+type frameSkipper struct {
+	skip uint64   // payload bytes of the current frame still to come
+	hdr  [10]byte // a header cut by a read, so far
+	nh   uint8
+	ping bool // the frame being skipped is a ping
+}
+
+// feed consumes b and returns how many pings it completed.
+func (s *frameSkipper) feed(b []byte) (pings int) {
+	for len(b) > 0 {
+		if s.skip > 0 {
+			n := min(uint64(len(b)), s.skip)
+			s.skip -= n
+			b = b[n:]
+			if s.skip == 0 && s.ping {
+				pings++
+			}
+			continue
+		}
+		for s.nh < 2 && len(b) > 0 { // the two fixed bytes
+			s.hdr[s.nh] = b[0]
+			s.nh++
+			b = b[1:]
+		}
+		if s.nh < 2 {
+			return pings
+		}
+		need := uint8(2) // server frames are not masked
+		switch s.hdr[1] & 0x7f {
+		case 126:
+			need = 4
+		case 127:
+			need = 10
+		}
+		for s.nh < need && len(b) > 0 {
+			s.hdr[s.nh] = b[0]
+			s.nh++
+			b = b[1:]
+		}
+		if s.nh < need {
+			return pings
+		}
+		var length uint64
+		switch need {
+		case 2:
+			length = uint64(s.hdr[1] & 0x7f)
+		case 4:
+			length = uint64(binary.BigEndian.Uint16(s.hdr[2:4]))
+		default:
+			length = binary.BigEndian.Uint64(s.hdr[2:10])
+		}
+		s.ping = ws.OpCode(s.hdr[0]&0x0f) == ws.OpPing
+		s.nh, s.skip = 0, length
+		if length == 0 && s.ping {
+			pings++
+		}
+	}
+	return pings
+}
+
+// pongFrame is a client's masked, empty pong (the node's pings carry no
+// payload).
+var pongFrame = appendClientFrame(nil, ws.OpPong, nil)

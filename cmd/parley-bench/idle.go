@@ -20,6 +20,7 @@ type idleConfig struct {
 	perProcess     int // connections one process may hold; more → worker processes
 	connectTimeout time.Duration
 	settle         time.Duration // bounded wait for the node's RSS to settle at each step
+	idleFor        time.Duration // at each step, idle time before measuring
 	hold           time.Duration // idle: keep the connections this long after the last step
 	probe          nodeProbe
 	hold0          bool // idle mode: measure, hold; connect mode: close right away
@@ -235,6 +236,7 @@ func shareOf(total, i, n int) int {
 // measure reads the node once it settled, and counts the live connections.
 func (r *idleRun) measure(st *idleStep) {
 	if !r.cfg.probe.empty() {
+		time.Sleep(r.cfg.idleFor) // the measurement's definition (idle this long), not synchronisation
 		st.Nodes = r.cfg.probe.settle(r.cfg.settle)
 		for _, n := range st.Nodes {
 			st.NodeRSS += n.RSS

@@ -37,13 +37,14 @@ func (j *joinSpec) room(g int) string {
 
 // await sends the join (json) and reads until the membership is in effect:
 // the joined frame (json) or the greeting (plain). pre holds bytes read
-// with the handshake.
-func (j *joinSpec) await(nc net.Conn, pre []byte, g int, timeout time.Duration) error {
+// with the handshake. It returns the start of a frame read past the join
+// and not yet complete, for the holder's frameSkipper.
+func (j *joinSpec) await(nc net.Conn, pre []byte, g int, timeout time.Duration) ([]byte, error) {
 	_ = nc.SetDeadline(time.Now().Add(timeout))
 	defer func() { _ = nc.SetDeadline(time.Time{}) }()
 	if j.proto == "json" {
 		if _, err := nc.Write(appendClientFrame(nil, ws.OpText, joinFrame(j.room(g)))); err != nil {
-			return fmt.Errorf("send join: %w", err)
+			return nil, fmt.Errorf("send join: %w", err)
 		}
 	}
 	in := false
@@ -66,21 +67,21 @@ func (j *joinSpec) await(nc net.Conn, pre []byte, g int, timeout time.Duration) 
 	}
 	var p frameParser
 	if err := p.feed(pre, handle); err != nil {
-		return err
+		return nil, err
 	}
 	buf := make([]byte, 4096)
 	for !in {
 		n, err := nc.Read(buf)
 		if n > 0 {
 			if ferr := p.feed(buf[:n], handle); ferr != nil {
-				return ferr
+				return nil, ferr
 			}
 		}
 		if err != nil && !in {
-			return fmt.Errorf("wait for the join: %w", err)
+			return nil, fmt.Errorf("wait for the join: %w", err)
 		}
 	}
-	return nil
+	return p.buf, nil
 }
 
 // closeText renders a close frame's payload: "CODE reason".

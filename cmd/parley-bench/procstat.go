@@ -91,14 +91,19 @@ func selfRSS() int64 {
 
 // nodeStats is what the bench learns about one node process at one moment.
 type nodeStats struct {
-	Target      string `json:"target"` // "pid:N" or the admin address
-	RSS         int64  `json:"rss_bytes"`
-	HeapAlloc   int64  `json:"heap_alloc,omitempty"`
-	HeapInuse   int64  `json:"heap_inuse,omitempty"`
-	Goroutines  int64  `json:"goroutines,omitempty"`
-	Threads     int64  `json:"threads,omitempty"`
-	Connections int64  `json:"connections,omitempty"`
-	Err         string `json:"error,omitempty"`
+	Target    string `json:"target"` // "pid:N" or the admin address
+	RSS       int64  `json:"rss_bytes"`
+	HeapAlloc int64  `json:"heap_alloc,omitempty"`
+	HeapInuse int64  `json:"heap_inuse,omitempty"`
+	// HeapRetained, StackInuse and RuntimeSys are the rest of the node's
+	// RSS beyond HeapInuse (see the node's /debug/stats).
+	HeapRetained int64  `json:"heap_retained,omitempty"`
+	StackInuse   int64  `json:"stack_inuse,omitempty"`
+	RuntimeSys   int64  `json:"runtime_sys,omitempty"`
+	Goroutines   int64  `json:"goroutines,omitempty"`
+	Threads      int64  `json:"threads,omitempty"`
+	Connections  int64  `json:"connections,omitempty"`
+	Err          string `json:"error,omitempty"`
 }
 
 var adminClient = &http.Client{Timeout: 5 * time.Second}
@@ -131,6 +136,9 @@ func fetchAdmin(addr string) (nodeStats, error) {
 	s.RSS = num("rss_bytes")
 	s.HeapAlloc = num("heap_alloc")
 	s.HeapInuse = num("heap_inuse")
+	s.HeapRetained = num("heap_retained")
+	s.StackInuse = num("stack_inuse")
+	s.RuntimeSys = num("runtime_sys")
 	s.Goroutines = num("goroutines")
 	s.Connections = num("connections")
 	return s, nil

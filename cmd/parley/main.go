@@ -142,6 +142,7 @@ func register(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&c.DrainBatch, "drain-batch", 500, "on drain: clients told to reconnect at once, a batch every 50ms")
 	fs.DurationVar(&c.ReconnectAfter, "reconnect-after", time.Second, "on drain, each client's reconnect after_ms is drawn from [d, 2d)")
 	fs.IntVar(&o.gcPercent, "gc-percent", 50, "Go GC target (as GOGC): heap growth over the live heap before a collection; lower keeps idle connections' RSS near their live size")
+	fs.DurationVar(&c.MemReleaseAfter, "mem-release-after", node.DefaultMemReleaseAfter, "once the node ran no GC cycle this long (idle) and holds freed heap worth an eighth of its live heap, return it to the OS, so RSS shows what the connections held cost (0: off)")
 	fs.StringVar(&o.allowedOrigins, "allowed-origins", "", "web origins (https://chat.example.com,…) whose pages may connect; empty: same-origin only (the Origin's host must be the Host); * (any) needs token auth")
 	fs.BoolVar(&c.RequireOrigin, "require-origin", false, "refuse upgrades without an Origin header (non-browser clients) with 403")
 	fs.IntVar(&c.MaxConns, "max-conns", 0, "WebSocket connections per node; more get 503 (0: the open-file limit less 512; -1: no cap)")
@@ -312,6 +313,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if o.gcPercent <= 0 {
 		return fmt.Errorf("--gc-percent must be positive, got %d%s", o.gcPercent, seeHelp)
+	}
+	if o.cfg.MemReleaseAfter == 0 {
+		o.cfg.MemReleaseAfter = -1 // the flag's 0 is off; node.Config's is its default
 	}
 	log.Info("starting", "version", versionString())
 	debug.SetGCPercent(o.gcPercent)
