@@ -20,7 +20,7 @@ func TestShouldRelease(t *testing.T) {
 		{"quiet, much freed", memSample{cycles: 7}, memSample{cycles: 7, free: 20 * mib, heap: 80 * mib, live: 80 * mib}, true},
 		{"quiet, garbage not yet collected counts", memSample{cycles: 7}, memSample{cycles: 7, free: 0, heap: 100 * mib, live: 80 * mib}, true},
 		{"a cycle ran in the window: busy", memSample{cycles: 7}, memSample{cycles: 8, free: 20 * mib, heap: 80 * mib, live: 80 * mib}, false},
-		{"quiet, under the floor", memSample{cycles: 7}, memSample{cycles: 7, free: 3 * mib, heap: 4 * mib, live: 4 * mib}, false},
+		{"quiet, under the floor", memSample{cycles: 7}, memSample{cycles: 7, free: mib / 2, heap: 2 * mib, live: 2 * mib}, false},
 		{"quiet, under an eighth of the live heap", memSample{cycles: 7}, memSample{cycles: 7, free: 100 * mib, heap: 1000 * mib, live: 1000 * mib}, false},
 		{"quiet, an eighth of the live heap", memSample{cycles: 7}, memSample{cycles: 7, free: 125 * mib, heap: 1000 * mib, live: 1000 * mib}, true},
 	}
