@@ -63,7 +63,7 @@ storm         1 parley
 "
 if [[ $quick -eq 1 ]]; then
 	runs="${PARLEY_BENCH_RUNS:-1}"
-	steps="500,2000"
+	steps="500,2000" idle_for=5s
 	clients=200 senders=20 duration=3s
 	connects=2000
 	cross_clients=400
@@ -72,7 +72,7 @@ if [[ $quick -eq 1 ]]; then
 	md="${md:-bench/reports/BENCHMARKS-quick.md}"
 else
 	runs="${PARLEY_BENCH_RUNS:-3}"
-	steps="2000,15000"
+	steps="2000,15000" idle_for=25s
 	clients=1000 senders=100 duration=10s
 	connects=10000
 	cross_clients=2000
@@ -190,20 +190,24 @@ run_one() { # system scenario run
 	local common=(--record "$results" --system "$system" --scenario "$scenario" --run "$run"
 		--html "$reports/$system-$scenario-r$run.html" --json --label "$system/$scenario/r$run")
 	local out="$logs/$system-$scenario-r$run.json"
+	# Idle connections are measured as a client holds them (reading, answering
+	# pings) after sitting idle at each step: what a node holding them for good
+	# shows, once its quiet-time release (--mem-release-after) had its turn.
+	local idle_wait=(--idle-for "$idle_for" --settle 15s --hold 2s)
 	local fan=(fanout --proto "$proto" --senders "$senders" --duration "$duration" --size 64 --drain 10s)
 	log "run $run: $system $scenario"
 	case "$scenario" in
 	idle)
-		run_bench 300 idle --url "$url1" --proto "$proto" --steps "$steps" "${probe1[@]}" --settle 15s --hold 2s
+		run_bench 300 idle --url "$url1" --proto "$proto" --read-every 1s --steps "$steps" "${probe1[@]}" "${idle_wait[@]}"
 		;;
 	idle-lobby)
-		run_bench 300 idle --url "$base1/" --proto plain --join --read-every 1s --steps "$steps" "${probe1[@]}" --settle 15s --hold 2s
+		run_bench 300 idle --url "$base1/" --proto plain --join --read-every 1s --steps "$steps" "${probe1[@]}" "${idle_wait[@]}"
 		;;
 	idle-room | idle-rooms100)
 		local r=1
 		[[ "$scenario" == idle-rooms100 ]] && r=100
-		run_bench 240 idle --url "$base1/ws" --proto json --join --rooms "$r" --read-every 1s --steps "$steps" \
-			"${probe1[@]}" --settle 15s --hold 2s
+		run_bench 300 idle --url "$base1/ws" --proto json --join --rooms "$r" --read-every 1s --steps "$steps" \
+			"${probe1[@]}" "${idle_wait[@]}"
 		;;
 	connect)
 		run_bench 120 connect --url "$url1" --proto "$proto" --steps "$connects"
