@@ -35,7 +35,8 @@ const (
 // free page back to the OS. A node under load never does (it collects more
 // often than that), so the hot path does not pay page faults for it.
 //
-// The releaser's goroutine alone owns prev; releases is read by stats.
+// The releaser's goroutine alone owns its quietClock; releases and released
+// are read by stats.
 type memReleaser struct {
 	every    time.Duration
 	stop     chan struct{}
@@ -83,14 +84,27 @@ func (s memSample) reclaimable() uint64 {
 	return r
 }
 
-// shouldRelease decides, from the sample at the start of a quiet window and
-// the one at its end, whether to release now.
-func shouldRelease(prev, cur memSample) bool {
-	if cur.cycles != prev.cycles {
-		return false // collecting: the node is busy, its free pages are in use
+// worthReleasing reports whether what a release would give back pays for
+// its collection.
+func worthReleasing(s memSample) bool {
+	r := s.reclaimable()
+	return r >= memReleaseMinBytes && r >= s.live/memReleaseFraction
+}
+
+// quietClock tracks how long no GC cycle has completed, from samples of the
+// cycle count.
+type quietClock struct {
+	cycles uint64
+	since  time.Time // when cycles last changed (or the clock started)
+}
+
+// observe takes a sample of the cycle count at now and returns how long the
+// count has not moved.
+func (q *quietClock) observe(cycles uint64, now time.Time) time.Duration {
+	if cycles != q.cycles || q.since.IsZero() {
+		q.cycles, q.since = cycles, now
 	}
-	r := cur.reclaimable()
-	return r >= memReleaseMinBytes && r >= cur.live/memReleaseFraction
+	return now.Sub(q.since)
 }
 
 func newMemReleaser(every time.Duration) *memReleaser {
@@ -111,9 +125,12 @@ func (m *memReleaser) run() {
 	for i, name := range memSampleNames {
 		buf[i].Name = name
 	}
-	t := time.NewTicker(m.every)
+	// Sampled four times per period, so a release comes within a quarter
+	// period of the node having been quiet for a whole one.
+	t := time.NewTicker(m.every / 4)
 	defer t.Stop()
-	prev := readMemSample(buf)
+	var q quietClock
+	q.observe(readMemSample(buf).cycles, time.Now())
 	for {
 		select {
 		case <-m.stop:
@@ -121,19 +138,20 @@ func (m *memReleaser) run() {
 		case <-t.C:
 		}
 		cur := readMemSample(buf)
-		if shouldRelease(prev, cur) {
-			before := cur.gone
-			// Two cycles: objects put back in a sync.Pool survive the
-			// first (they move to its victim cache) and go in the
-			// second; after a burst, the pools hold the burst's buffers.
-			runtime.GC()
-			debug.FreeOSMemory()
-			cur = readMemSample(buf) // its own cycle does not count as traffic
-			m.releases.Add(1)
-			if cur.gone > before {
-				m.released.Add(cur.gone - before)
-			}
+		if q.observe(cur.cycles, time.Now()) < m.every || !worthReleasing(cur) {
+			continue
 		}
-		prev = cur
+		before := cur.gone
+		// Two cycles: objects put back in a sync.Pool survive the first
+		// (they move to its victim cache) and go in the second; after a
+		// burst, the pools hold the burst's buffers.
+		runtime.GC()
+		debug.FreeOSMemory()
+		cur = readMemSample(buf)
+		q.observe(cur.cycles, time.Now()) // its own cycles: a new quiet period starts
+		m.releases.Add(1)
+		if cur.gone > before {
+			m.released.Add(cur.gone - before)
+		}
 	}
 }

@@ -3,33 +3,56 @@ package node
 import (
 	"fmt"
 	"runtime"
-	"strings"
 	rtmetrics "runtime/metrics"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-func TestShouldRelease(t *testing.T) {
+func TestWorthReleasing(t *testing.T) {
 	const mib = 1 << 20
 	cases := []struct {
-		name      string
-		prev, cur memSample
-		want      bool
+		name string
+		s    memSample
+		want bool
 	}{
-		{"quiet, much freed", memSample{cycles: 7}, memSample{cycles: 7, free: 20 * mib, heap: 80 * mib, live: 80 * mib}, true},
-		{"quiet, garbage not yet collected counts", memSample{cycles: 7}, memSample{cycles: 7, free: 0, heap: 100 * mib, live: 80 * mib}, true},
-		{"a cycle ran in the window: busy", memSample{cycles: 7}, memSample{cycles: 8, free: 20 * mib, heap: 80 * mib, live: 80 * mib}, false},
-		{"quiet, under the floor", memSample{cycles: 7}, memSample{cycles: 7, free: mib / 2, heap: 2 * mib, live: 2 * mib}, false},
-		{"quiet, under an eighth of the live heap", memSample{cycles: 7}, memSample{cycles: 7, free: 100 * mib, heap: 1000 * mib, live: 1000 * mib}, false},
-		{"quiet, an eighth of the live heap", memSample{cycles: 7}, memSample{cycles: 7, free: 125 * mib, heap: 1000 * mib, live: 1000 * mib}, true},
+		{"much freed", memSample{free: 20 * mib, heap: 80 * mib, live: 80 * mib}, true},
+		{"garbage not yet collected counts", memSample{heap: 100 * mib, live: 80 * mib}, true},
+		{"under the floor", memSample{free: mib / 2, heap: 2 * mib, live: 2 * mib}, false},
+		{"under an eighth of the live heap", memSample{free: 100 * mib, heap: 1000 * mib, live: 1000 * mib}, false},
+		{"an eighth of the live heap", memSample{free: 125 * mib, heap: 1000 * mib, live: 1000 * mib}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := shouldRelease(tc.prev, tc.cur); got != tc.want {
-				t.Errorf("shouldRelease(%+v, %+v) = %v, want %v", tc.prev, tc.cur, got, tc.want)
+			if got := worthReleasing(tc.s); got != tc.want {
+				t.Errorf("worthReleasing(%+v) = %v, want %v", tc.s, got, tc.want)
 			}
 		})
+	}
+}
+
+// The quiet time restarts at every cycle and grows while none completes.
+func TestQuietClock(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		at     time.Duration
+		cycles uint64
+		quiet  time.Duration
+	}{
+		{0, 5, 0},
+		{2 * time.Second, 5, 2 * time.Second},
+		{5 * time.Second, 5, 5 * time.Second},
+		{6 * time.Second, 6, 0}, // a cycle: the node is busy again
+		{9 * time.Second, 6, 3 * time.Second},
+		{16 * time.Second, 6, 10 * time.Second},
+		{17 * time.Second, 9, 0},
+	}
+	var q quietClock
+	for _, st := range steps {
+		if got := q.observe(st.cycles, t0.Add(st.at)); got != st.quiet {
+			t.Errorf("at %v with %d cycles: quiet %v, want %v", st.at, st.cycles, got, st.quiet)
+		}
 	}
 }
 
