@@ -39,6 +39,7 @@ const (
 // are read by stats.
 type memReleaser struct {
 	every    time.Duration
+	started  atomic.Bool
 	stop     chan struct{}
 	done     chan struct{}
 	releases atomic.Uint64
@@ -111,10 +112,16 @@ func newMemReleaser(every time.Duration) *memReleaser {
 	return &memReleaser{every: every, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
-func (m *memReleaser) start() { go m.run() }
+func (m *memReleaser) start() {
+	m.started.Store(true)
+	go m.run()
+}
 
-// close stops the goroutine and waits for it.
+// close stops the goroutine, if it was started, and waits for it.
 func (m *memReleaser) close() {
+	if !m.started.Load() {
+		return
+	}
 	close(m.stop)
 	<-m.done
 }

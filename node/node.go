@@ -265,7 +265,7 @@ type Node struct {
 	metrics  *metrics        // metrics.go
 	// The limit-log goroutine (metrics_log.go).
 	limitStop, limitDone chan struct{}
-	memRelease           *memReleaser // nil when Config.MemReleaseAfter < 0
+	memRelease           *memReleaser // nil when Config.MemReleaseAfter < 0; set by New
 
 	// unready turns /readyz to 503 (the first step of a drain); draining
 	// refuses upgrades (after the drain delay).
@@ -360,6 +360,9 @@ func New(cfg Config) (*Node, error) {
 		n.poller.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	if cfg.MemReleaseAfter > 0 {
+		n.memRelease = newMemReleaser(cfg.MemReleaseAfter) // started by Start
+	}
 	return n, nil
 }
 
@@ -413,8 +416,7 @@ func (n *Node) Start() error {
 	n.serve(n.pub, n.pubCh)
 	go n.acceptLoop()
 	n.startLimitLog()
-	if n.cfg.MemReleaseAfter > 0 {
-		n.memRelease = newMemReleaser(n.cfg.MemReleaseAfter)
+	if n.memRelease != nil {
 		n.memRelease.start()
 	}
 	n.log.Info("node listening", n.configAttrs()...) // metrics_log.go
