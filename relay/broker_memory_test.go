@@ -262,14 +262,22 @@ func TestMemoryBounded(t *testing.T) {
 	}
 }
 
-func TestMemoryPresence(t *testing.T) {
+// subscribedMemory is a memory bus subscribed to room "r", its events
+// recorded.
+func subscribedMemory(t *testing.T) (*Memory, *rdsRecorder) {
+	t.Helper()
 	b := NewMemory(MemoryConfig{})
 	rec := &rdsRecorder{}
 	b.SetHandler(rec)
-	ctx := context.Background()
-	if _, err := b.Subscribe(ctx, "r"); err != nil {
+	if _, err := b.Subscribe(context.Background(), "r"); err != nil {
 		t.Fatal(err)
 	}
+	return b, rec
+}
+
+func TestMemoryPresence(t *testing.T) {
+	b, rec := subscribedMemory(t)
+	ctx := context.Background()
 	steps := []struct {
 		add  bool
 		m    Member
@@ -347,13 +355,8 @@ func TestMemoryPresenceNodes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := NewMemory(MemoryConfig{})
-			rec := &rdsRecorder{}
-			b.SetHandler(rec)
+			b, rec := subscribedMemory(t)
 			ctx := context.Background()
-			if _, err := b.Subscribe(ctx, "r"); err != nil {
-				t.Fatal(err)
-			}
 			for _, o := range tc.ops {
 				m := Member{Session: o.session, Name: o.name, Node: o.node}
 				var err error
