@@ -19,7 +19,7 @@ func serverFrame(t *testing.T, op ws.OpCode, payload []byte) []byte {
 
 // The skipper finds every ping however the stream is cut into reads.
 func TestFrameSkipperCountsPingsAcrossReads(t *testing.T) {
-	text := bytes.Repeat([]byte("x"), 130)    // 16-bit length
+	text := bytes.Repeat([]byte("x"), 130)   // 16-bit length
 	big := bytes.Repeat([]byte("y"), 70_000) // 64-bit length
 	cases := []struct {
 		name  string
