@@ -39,25 +39,14 @@ points="${*:-fan100 fan300 rooms xrooms cross100 idle}"
 
 log() { printf '[costs %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-log "building bin/parley-bench and bin/parley"
-go build -o bin/parley-bench ./cmd/parley-bench
-go build -o bin/parley ./cmd/parley
-pb=bin/parley-bench
-commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench' ':!*.md' || echo -dirty)"
-rm -f "$out"
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 track_pids
 
-start_redis() { # sets redis_url, redis_port, redis_pid
-	redis_port="$($pb freeport)"
-	redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$logs/costs-redis-$redis_port.log" 2>&1 &
-	redis_pid=$!
-	pids+=("$redis_pid")
-	wait_port "$redis_port"
-	redis_url="redis://127.0.0.1:$redis_port/0"
-}
+log "building bin/parley-bench and bin/parley"
+build_tools
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench' ':!*.md' || echo -dirty)"
+rm -f "$out"
 
 start_node() { # id: sets node_url, node_pid, node_probe
 	local lp ap
@@ -90,7 +79,7 @@ fan=(fanout --proto json --duration 10s --size 64 --drain 10s --json)
 
 run_point() { # point run
 	local point="$1" run="$2" res r0 r1 extra=()
-	start_redis
+	start_redis "$logs/costs-redis-PORT.log"
 	start_node n1
 	local url1="$node_url" probe1=("${node_probe[@]}") nodes=1
 	case "$point" in

@@ -37,13 +37,10 @@ rm -f "$results"
 
 log() { printf '[ladder %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-go build -o bin/parley-bench ./cmd/parley-bench
-go build -o bin/parley ./cmd/parley
-pb=bin/parley-bench
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 track_pids
+build_tools
 
 # one NAME BINARY BUS PROTO FLAGS RUN: one fan-out against a fresh process.
 one() {
@@ -56,12 +53,9 @@ one() {
 		url="ws://127.0.0.1:$lp/" proto=plain
 	else
 		if [[ "$bus" == redis ]]; then
-			local rp
-			rp="$($pb freeport)"
-			redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$logs/ladder-redis.log" 2>&1 &
-			pids+=($!)
-			wait_port "$rp"
-			extra=(--redis "redis://127.0.0.1:$rp/0")
+			local redis_port redis_pid redis_url
+			start_redis "$logs/ladder-redis.log"
+			extra=(--redis "$redis_url")
 		fi
 		ap="$($pb freeport)"
 		local nf=()

@@ -1,4 +1,5 @@
-# Shared by the bench scripts (sourced, not run): stopping what a script started, waiting for a port.
+# Shared by the bench scripts (sourced, not run): building the tools, starting Redis, stopping what a
+# script started, waiting for a port.
 
 # stop_pids stops the processes whose PIDs are in the array pids (only those
 # the script started): SIGTERM, a bounded wait (5 s each), then SIGKILL.
@@ -42,4 +43,24 @@ wait_port() {
 	done
 	log "nothing listens on 127.0.0.1:$port after 15 s"
 	return 1
+}
+
+# build_tools builds bin/parley-bench and bin/parley, and sets pb to the bench.
+build_tools() {
+	go build -o bin/parley-bench ./cmd/parley-bench
+	go build -o bin/parley ./cmd/parley
+	pb=bin/parley-bench
+}
+
+# start_redis LOG: a fresh redis-server on a free loopback port that keeps
+# nothing on disk, its output in LOG (PORT in the name is replaced by the
+# port), stopped with the script's other processes. Sets redis_port,
+# redis_pid and redis_url. Needs pb (for freeport) and log.
+start_redis() {
+	redis_port="$($pb freeport)"
+	redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"${1//PORT/$redis_port}" 2>&1 &
+	redis_pid=$!
+	pids+=("$redis_pid")
+	wait_port "$redis_port"
+	redis_url="redis://127.0.0.1:$redis_port/0"
 }

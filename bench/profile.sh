@@ -32,13 +32,10 @@ mkdir -p "$out"
 
 log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-go build -o bin/parley-bench ./cmd/parley-bench
-go build -o bin/parley ./cmd/parley
-pb=bin/parley-bench
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 track_pids
+build_tools
 
 # connections: the node's current connection count from /debug/stats.
 connections() {
@@ -67,11 +64,8 @@ wait_exit() {
 
 redis=()
 if [[ "${PARLEY_BENCH_PROFILE_REDIS:-0}" == 1 ]]; then
-	rp="$($pb freeport)"
-	redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$out/redis.log" 2>&1 &
-	pids+=($!)
-	wait_port "$rp"
-	redis=(--redis "redis://127.0.0.1:$rp/0")
+	start_redis "$out/redis.log"
+	redis=(--redis "$redis_url")
 fi
 lp="$($pb freeport)"
 ap="$($pb freeport)"

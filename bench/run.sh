@@ -110,15 +110,6 @@ fi
 . bench/lib.sh
 track_pids
 
-start_redis() { # sets redis_url and redis_pid
-	local port
-	port="$($pb freeport)"
-	redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >"$logs/redis-$port.log" 2>&1 &
-	redis_pid=$!
-	pids+=("$redis_pid")
-	wait_port "$port"
-	redis_url="redis://127.0.0.1:$port/0"
-}
 
 # start_node SYSTEM ID [REDIS_URL]: sets node_base (ws://127.0.0.1:PORT),
 # node_url (its endpoint for the system's protocol), node_proto, node_pid and
@@ -178,12 +169,12 @@ run_bench() {
 }
 
 run_one() { # system scenario run
-	local system="$1" scenario="$2" run="$3" redis_url="" redis_pid=""
+	local system="$1" scenario="$2" run="$3" redis_url="" redis_pid="" redis_port=""
 	if [[ "$system" == parley* && $have_parley -eq 0 ]]; then
 		return 0
 	fi
 	if needs_redis "$system" "$scenario"; then
-		start_redis
+		start_redis "$logs/redis-PORT.log"
 	fi
 	start_node "$system" n1 "$redis_url"
 	local url1="$node_url" base1="$node_base" proto="$node_proto" probe1=("${node_probe[@]}")
