@@ -31,9 +31,10 @@ const (
 // So, as jemalloc's decay does for Redis, a node that ran no GC cycle for a
 // whole MemReleaseAfter (its allocation rate is low: it is idle) and holds
 // at least memReleaseMinBytes, and an eighth of its live heap, in freed or
-// collectable memory, runs debug.FreeOSMemory: one collection, and every
-// free page back to the OS. A node under load never does (it collects more
-// often than that), so the hot path does not pay page faults for it.
+// collectable memory, runs two collections (objects put back in a
+// sync.Pool survive the first) and debug.FreeOSMemory: every free page back
+// to the OS. A node under load never does (it collects more often than
+// that), so the hot path does not pay page faults for it.
 //
 // The releaser's goroutine alone owns its quietClock; releases and released
 // are read by stats.
